@@ -1,0 +1,920 @@
+//! A lock-free broadcast ring with an atomically sealed startup segment.
+//!
+//! Every value published gets a global sequence number (0 for the first). Every
+//! [`Subscriber`] sees every value exactly once, in sequence order, or is told precisely how
+//! many it missed. Values published before [`Publisher::seal_startup`] also go into a
+//! bounded, append-only *startup segment* of the same sequence space, which every new
+//! subscriber replays first.
+//!
+//! ```
+//! use herald_core::ring::{self, RingConfig, TryRecvError};
+//!
+//! let publisher = ring::ring::<&str>(RingConfig { capacity: 4, startup_capacity: 8 });
+//! publisher.publish("node-started");
+//! publisher.seal_startup();                 // one atomic step: startup is over
+//! let mut late = publisher.subscribe();     // joins after the seal...
+//! publisher.publish("block-1");
+//!
+//! let first = late.try_recv().unwrap();     // ...but replays the startup segment first
+//! assert_eq!((first.seq(), **first), (0, "node-started"));
+//! assert_eq!(**late.try_recv().unwrap(), "block-1");
+//! assert_eq!(late.try_recv().unwrap_err(), TryRecvError::Empty);
+//!
+//! for i in 0..10 { publisher.publish("flood"); }  // laps the 4-slot ring
+//! assert_eq!(late.try_recv().unwrap_err(), TryRecvError::Lagged { missed: 6, resume_seq: 8 });
+//! assert_eq!(late.try_recv().unwrap().seq(), 8);
+//! ```
+//!
+//! # Protocol
+//!
+//! **Sequence numbers and the seal word.** `tail` is one `AtomicU64`: bits 0..62 hold the
+//! next sequence number, bit 62 is `CLOSED`, bit 63 is `SEALED`. A publisher claims its
+//! sequence number with `tail.fetch_add(1)`; the value it gets back also says whether the
+//! startup segment was still open at that instant. [`Publisher::seal_startup`] is a single
+//! `tail.fetch_or(SEALED)`: in `tail`'s modification order every claim before it is a
+//! startup event and every claim after it is live, with no third case. The sealing call
+//! then stores the seal point (the sequence number it saw) in `seal_point`, for
+//! subscribers that join afterwards.
+//!
+//! **Slots and stamps.** The ring has `capacity` (a power of two) slots; value `s` goes to
+//! slot `s & mask`. A slot is one `AtomicPtr` to an [`Entry`], an `Arc` allocation that
+//! carries the value *and its sequence number*, so the pointer and its stamp change in one
+//! atomic step and a reader can never see a torn pair. A publisher installs its entry with
+//! a compare-and-swap that only replaces an entry with a *smaller* sequence number: if a
+//! publisher that claimed `s` is so slow that `s + capacity` is already in the slot, it
+//! drops its entry, and readers count `s` as missed. A reader at cursor `c` loads the slot:
+//! stamp `== c` is its value; stamp `< c` (or null) means `c` is not written yet; stamp
+//! `> c` means `c` was overwritten, and it skips to `tail - capacity`, the oldest value that
+//! can still be in the ring, reporting `Lagged { missed }` for exactly the skipped range.
+//!
+//! **The startup segment.** A publisher whose claim saw the segment open, and whose
+//! sequence number is below `startup_capacity`, also stores a clone of its `Arc` into
+//! `startup[seq]`, a write-once cell. A subscriber reads `tail` once when it is created,
+//! at join point `j`. If the segment was open it replays `startup[0..j)` (every one of
+//! those claims came before the seal) and then reads the ring from `j`; if sealed at seal
+//! point `S`, it replays `startup[0..S)` and reads the ring from `j >= S`. Replay and live
+//! meet at a sequence number, never overlap, and are never compared by content. Startup
+//! events past `startup_capacity` are not kept; a replaying subscriber gets one
+//! `Lagged { missed }` with their count after the replay.
+//!
+//! **Reclamation.** An entry replaced in a slot may still be read by a subscriber that
+//! loaded the pointer just before. Slots are therefore read and written under an
+//! epoch guard (crossbeam-epoch): a replaced entry is *retired*, and its `Arc` is released
+//! only once every guard that could have seen it is gone. Epochs were chosen over arc-swap
+//! because a publisher then does O(1) work whatever the number of threads and
+//! subscribers (arc-swap's writer scans every thread's debt list), and over hazard slots
+//! because those make publish cost grow with the number of readers. The startup segment
+//! is never overwritten and needs no reclamation: it is freed with the ring.
+//!
+//! **Wakeups.** A subscriber with nothing to read registers its waker in its own
+//! [`WaitNode`](wait::WaitNode), pushes the node on the `waiters` stack (a `SeqCst` CAS),
+//! issues a `SeqCst` fence and looks for a value once more before it sleeps. A publisher
+//! writes its slot with a `SeqCst` CAS and then loads `waiters` with `SeqCst`: in the single
+//! total order of `SeqCst` operations either the publisher's load comes after the push and
+//! it wakes the subscriber, or the subscriber's re-check comes after the write and finds
+//! the value. When nobody is parked the publisher does one load and no syscall. Taking the
+//! whole stack is one `swap`; each node carries an `AtomicWaker` and a `queued` flag so it
+//! sits in at most one stack.
+//!
+//! **Closing.** Publishers are counted; when the last [`Publisher`] is dropped (no publish
+//! can be in flight then) it sets `CLOSED` in `tail` and wakes everyone. Subscribers drain
+//! what is left, then get [`RecvError::Closed`].
+
+mod wait;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::ptr;
+use std::task::{Context, Poll, Waker};
+
+use crossbeam_utils::CachePadded;
+
+use crate::sync::{
+    self, Arc, AtomicPtr, AtomicU64, AtomicUsize, Guard, Ordering, Reclaimer, thread,
+};
+use wait::{WaitNode, WaitStack};
+
+const SEALED: u64 = 1 << 63;
+const CLOSED: u64 = 1 << 62;
+const SEQ_MASK: u64 = CLOSED - 1;
+/// `seal_point` before the seal.
+const UNSEALED: u64 = u64::MAX;
+
+/// Sizes of a ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingConfig {
+    /// Number of live values retained; rounded up to a power of two (at least 2).
+    pub capacity: usize,
+    /// Most startup events kept for replay (0 keeps none).
+    pub startup_capacity: usize,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        Self {
+            capacity: 4096,
+            startup_capacity: 4096,
+        }
+    }
+}
+
+/// A published value with its sequence number. Subscribers share one `Arc<Entry<T>>` per
+/// value; nothing is copied per subscriber.
+pub struct Entry<T> {
+    /// Set once, before the entry becomes reachable (published by the slot CAS).
+    seq: AtomicU64,
+    value: T,
+}
+
+impl<T> Entry<T> {
+    /// The global sequence number (0 is the first value ever published).
+    #[inline]
+    pub fn seq(&self) -> u64 {
+        // Relaxed: written before the Release CAS / store that made this entry reachable,
+        // which the reader's Acquire load of the pointer pairs with.
+        self.seq.load(Ordering::Relaxed)
+    }
+
+    /// The value.
+    #[inline]
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T> std::ops::Deref for Entry<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for Entry<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Entry")
+            .field("seq", &self.seq())
+            .field("value", &self.value)
+            .finish()
+    }
+}
+
+/// Why [`Subscriber::try_recv`] returned no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TryRecvError {
+    /// Nothing to read yet.
+    Empty,
+    /// `missed` values were skipped for this subscriber; the next value it receives has
+    /// sequence number `resume_seq`.
+    Lagged { missed: u64, resume_seq: u64 },
+    /// Every publisher is gone and everything was read.
+    Closed,
+}
+
+/// Why [`Subscriber::recv`] returned no value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecvError {
+    /// As [`TryRecvError::Lagged`]. The subscriber continues at `resume_seq`.
+    Lagged { missed: u64, resume_seq: u64 },
+    /// Every publisher is gone and everything was read.
+    Closed,
+}
+
+impl fmt::Display for TryRecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TryRecvError::Empty => f.write_str("no value ready"),
+            TryRecvError::Lagged { missed, resume_seq } => {
+                write!(
+                    f,
+                    "lagged: missed {missed} values, resuming at {resume_seq}"
+                )
+            }
+            TryRecvError::Closed => f.write_str("ring closed"),
+        }
+    }
+}
+
+impl fmt::Display for RecvError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RecvError::Lagged { missed, resume_seq } => {
+                write!(
+                    f,
+                    "lagged: missed {missed} values, resuming at {resume_seq}"
+                )
+            }
+            RecvError::Closed => f.write_str("ring closed"),
+        }
+    }
+}
+
+impl std::error::Error for TryRecvError {}
+impl std::error::Error for RecvError {}
+
+/// A point-in-time snapshot of a ring's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RingStats {
+    /// Values published so far (the next sequence number).
+    pub published: u64,
+    /// Live [`Subscriber`]s.
+    pub subscribers: usize,
+    /// Sum of every `missed` reported to any subscriber.
+    pub lagged: u64,
+    /// Startup events kept for replay (so far, if not sealed yet).
+    pub startup_len: u64,
+    /// Startup events published beyond `startup_capacity` and not kept.
+    pub startup_dropped: u64,
+    /// Whether [`Publisher::seal_startup`] has run.
+    pub sealed: bool,
+    /// Slots in the ring.
+    pub capacity: usize,
+}
+
+/// State shared by every handle of one ring.
+struct Shared<T> {
+    /// Next sequence number | `SEALED` | `CLOSED`. The only word publishers contend on.
+    tail: CachePadded<AtomicU64>,
+    /// `capacity` slots; slot `i` holds null or an `Arc<Entry>` whose seq is `≡ i (mod
+    /// capacity)`, and its seq only ever grows.
+    slots: Box<[AtomicPtr<Entry<T>>]>,
+    /// `capacity - 1`.
+    mask: u64,
+    /// Write-once cells: `startup[s]` is null or the entry of startup event `s`.
+    startup: Box<[AtomicPtr<Entry<T>>]>,
+    /// `UNSEALED`, or the seal point stored by the one call that set `SEALED`.
+    seal_point: AtomicU64,
+    /// Parked subscribers.
+    waiters: CachePadded<WaitStack>,
+    /// Live `Publisher` handles.
+    publishers: AtomicUsize,
+    /// Live `Subscriber`s (statistics only).
+    subscribers: AtomicUsize,
+    /// Sum of reported `missed` (statistics only).
+    lagged: AtomicU64,
+    reclaim: Reclaimer,
+}
+
+// SAFETY: the raw pointers are owned `Arc<Entry<T>>`s, shared across threads only as
+// `Arc`s are; `T: Send + Sync` makes that sound.
+unsafe impl<T: Send + Sync> Send for Shared<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send + Sync> Sync for Shared<T> {}
+
+impl<T> Drop for Shared<T> {
+    fn drop(&mut self) {
+        // `&mut self`: no other handle exists, no guard is alive.
+        for cell in self.slots.iter().chain(self.startup.iter()) {
+            // Relaxed: exclusive access.
+            let p = cell.load(Ordering::Relaxed);
+            if !p.is_null() {
+                // SAFETY: every non-null cell owns one strong count from `Arc::into_raw`.
+                drop(unsafe { Arc::from_raw(p) });
+            }
+        }
+    }
+}
+
+/// Creates a ring and returns its first publisher.
+pub fn ring<T: Send + Sync + 'static>(config: RingConfig) -> Publisher<T> {
+    let capacity = config.capacity.max(2).next_power_of_two();
+    let cells = |n: usize| {
+        (0..n)
+            .map(|_| AtomicPtr::new(ptr::null_mut()))
+            .collect::<Vec<_>>()
+            .into_boxed_slice()
+    };
+    Publisher {
+        shared: Arc::new(Shared {
+            tail: CachePadded::new(AtomicU64::new(0)),
+            slots: cells(capacity),
+            mask: capacity as u64 - 1,
+            startup: cells(config.startup_capacity),
+            seal_point: AtomicU64::new(UNSEALED),
+            waiters: CachePadded::new(WaitStack::new()),
+            publishers: AtomicUsize::new(1),
+            subscribers: AtomicUsize::new(0),
+            lagged: AtomicU64::new(0),
+            reclaim: Reclaimer::default(),
+        }),
+    }
+}
+
+impl<T: Send + Sync + 'static> Shared<T> {
+    fn publish(&self, value: T) -> u64 {
+        let entry = Arc::new(Entry {
+            seq: AtomicU64::new(0),
+            value,
+        });
+        // AcqRel: Release makes the claim part of `tail`'s modification order that the
+        // seal's fetch_or and subscribers' Acquire loads of `tail` read; Acquire pairs with
+        // the seal's fetch_or so that a claim after the seal sees SEALED.
+        let prev = self.tail.fetch_add(1, Ordering::AcqRel);
+        let seq = prev & SEQ_MASK;
+        debug_assert!(prev & CLOSED == 0, "publish on a closed ring");
+        // Relaxed: published by the Release store / CAS below that makes `entry` reachable.
+        entry.seq.store(seq, Ordering::Relaxed);
+
+        #[cfg(not(herald_mutant = "seal_ignored"))]
+        let startup_open = prev & SEALED == 0;
+        #[cfg(herald_mutant = "seal_ignored")]
+        let startup_open = true;
+        if startup_open && (seq as usize) < self.startup.len() {
+            let raw = Arc::into_raw(entry.clone()) as *mut Entry<T>;
+            // Release: pairs with the Acquire load in `Subscriber::poll_replay`.
+            self.startup[seq as usize].store(raw, Ordering::Release);
+        }
+
+        let guard = self.reclaim.pin();
+        self.install(seq, Arc::into_raw(entry) as *mut Entry<T>, &guard);
+        drop(guard);
+        self.notify();
+        seq
+    }
+
+    /// Puts `new` (which owns a strong count, seq `seq`) into its slot unless a later lap is
+    /// already there.
+    fn install(&self, seq: u64, new: *mut Entry<T>, guard: &Guard<'_>) {
+        let slot = &self.slots[(seq & self.mask) as usize];
+        // Acquire: pairs with the CAS of the publisher that installed `cur`, so reading its
+        // seq below is ordered after that write.
+        let mut cur = slot.load(Ordering::Acquire);
+        loop {
+            // SAFETY: `cur` is null or an entry that is reachable from `slot` or was
+            // retired after `guard` was pinned, so it is not freed while `guard` lives.
+            if !cur.is_null() && unsafe { (*cur).seq() } >= seq {
+                // Lapped while publishing: a newer value owns the slot. Readers count `seq`
+                // as missed.
+                // SAFETY: `new` came from `Arc::into_raw` and was never shared.
+                drop(unsafe { Arc::from_raw(new) });
+                return;
+            }
+            // SeqCst: Release pairs with readers' Acquire load of the slot (they see the
+            // entry's fields); SeqCst puts the write in the total order with the `waiters`
+            // load in `notify` and the fence of a parking subscriber (module docs,
+            // "Wakeups"). Failure Acquire: as the load above.
+            #[cfg(not(herald_mutant = "relaxed_publish"))]
+            let (success, failure) = (Ordering::SeqCst, Ordering::Acquire);
+            #[cfg(herald_mutant = "relaxed_publish")]
+            let (success, failure) = (Ordering::Relaxed, Ordering::Relaxed);
+            match slot.compare_exchange_weak(cur, new, success, failure) {
+                Ok(_) => {
+                    if !cur.is_null() {
+                        // SAFETY: `cur` owned a strong count of the slot and is now
+                        // unreachable from it; readers that loaded it hold a guard.
+                        unsafe { guard.retire(cur as *const Entry<T>) };
+                    }
+                    return;
+                }
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Wakes parked subscribers, if any. One `SeqCst` load when nobody is parked.
+    #[inline]
+    fn notify(&self) {
+        sync::loom_seqcst_fence();
+        // `is_empty` is a SeqCst load: pairs with the fence of a parking subscriber.
+        if !self.waiters.is_empty() {
+            self.waiters.wake_all();
+        }
+    }
+
+    fn seal(&self) -> u64 {
+        // AcqRel: pairs with publishers' fetch_add; the claims before this in `tail`'s
+        // modification order are exactly the startup events.
+        let prev = self.tail.fetch_or(SEALED, Ordering::AcqRel);
+        if prev & SEALED == 0 {
+            let point = prev & SEQ_MASK;
+            // Release: pairs with the Acquire load in `seal_point()`.
+            self.seal_point.store(point, Ordering::Release);
+            point
+        } else {
+            self.seal_point()
+        }
+    }
+
+    /// The seal point, once `SEALED` has been seen. The sealing call stores it right after
+    /// setting the bit; in that short window this yields to it.
+    fn seal_point(&self) -> u64 {
+        loop {
+            // Acquire: pairs with the Release store in `seal`.
+            let point = self.seal_point.load(Ordering::Acquire);
+            if point != UNSEALED {
+                return point;
+            }
+            thread::yield_now();
+        }
+    }
+
+    fn subscriber(self: &Arc<Self>, from: Option<u64>) -> Subscriber<T> {
+        // Acquire: pairs with publishers' fetch_add and the seal's fetch_or.
+        let tail = self.tail.load(Ordering::Acquire);
+        let join = tail & SEQ_MASK;
+        let boundary = if tail & SEALED != 0 {
+            self.seal_point()
+        } else {
+            join
+        };
+        let kept = boundary.min(self.startup.len() as u64);
+        let (replay_next, pending_missed, cursor) = match from {
+            // Replay everything kept, report what was not, then live from the join point.
+            None => (0, boundary - kept, join),
+            // Everything retained from `seq` on: the ring itself reports what it no
+            // longer holds when the cursor is read.
+            Some(seq) => (seq.min(kept), 0, seq.max(kept)),
+        };
+        // Relaxed: statistics only.
+        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        Subscriber {
+            shared: self.clone(),
+            pos: Position {
+                replay_next,
+                replay_end: kept,
+                pending_missed,
+                cursor,
+            },
+            node: Arc::new(WaitNode::new()),
+        }
+    }
+
+    /// Counts a lag the moment it is handed to the caller.
+    fn reported(&self, e: TryRecvError) -> TryRecvError {
+        if let TryRecvError::Lagged { missed, .. } = e {
+            // Relaxed: statistics only.
+            self.lagged.fetch_add(missed, Ordering::Relaxed);
+        }
+        e
+    }
+
+    fn stats(&self) -> RingStats {
+        // Acquire: pairs with publishers' fetch_add and the seal's fetch_or.
+        let tail = self.tail.load(Ordering::Acquire);
+        let sealed = tail & SEALED != 0;
+        let boundary = if sealed {
+            self.seal_point()
+        } else {
+            tail & SEQ_MASK
+        };
+        let kept = boundary.min(self.startup.len() as u64);
+        RingStats {
+            published: tail & SEQ_MASK,
+            // Relaxed: statistics only.
+            subscribers: self.subscribers.load(Ordering::Relaxed),
+            // Relaxed: statistics only.
+            lagged: self.lagged.load(Ordering::Relaxed),
+            startup_len: kept,
+            startup_dropped: boundary - kept,
+            sealed,
+            capacity: self.slots.len(),
+        }
+    }
+}
+
+/// The publishing side of a ring. Cloning it makes another publisher; when the last one is
+/// dropped the ring closes.
+pub struct Publisher<T: Send + Sync + 'static> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T: Send + Sync + 'static> Publisher<T> {
+    /// Publishes `value` and returns its sequence number. Lock-free: never waits for a
+    /// subscriber; wakes parked subscribers, if any.
+    #[inline]
+    pub fn publish(&self, value: T) -> u64 {
+        self.shared.publish(value)
+    }
+
+    /// Closes the startup segment in one atomic step and returns the seal point: the number
+    /// of events published before it. Idempotent; every call returns the same point.
+    pub fn seal_startup(&self) -> u64 {
+        self.shared.seal()
+    }
+
+    /// A subscriber that replays the startup segment, then reads live values from now on.
+    pub fn subscribe(&self) -> Subscriber<T> {
+        self.shared.subscriber(None)
+    }
+
+    /// A subscriber that receives every still-retained value with sequence `>= seq`
+    /// (startup segment included), then live values. Values no longer retained are
+    /// reported with one `Lagged` first.
+    pub fn subscribe_from(&self, seq: u64) -> Subscriber<T> {
+        self.shared.subscriber(Some(seq))
+    }
+
+    /// A handle that can subscribe and read statistics but does not keep the ring open.
+    pub fn tap(&self) -> Tap<T> {
+        Tap {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> RingStats {
+        self.shared.stats()
+    }
+}
+
+impl<T: Send + Sync + 'static> Clone for Publisher<T> {
+    fn clone(&self) -> Self {
+        // Relaxed: an existing publisher keeps the count above zero; nothing is published
+        // by this increment (as in `Arc::clone`).
+        self.shared.publishers.fetch_add(1, Ordering::Relaxed);
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for Publisher<T> {
+    fn drop(&mut self) {
+        // AcqRel: the last publisher acquires every other publisher's release, so all
+        // their slot writes happen before the CLOSED flag below.
+        if self.shared.publishers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // SeqCst: Release pairs with subscribers' Acquire loads of `tail` (everything
+            // published is visible once CLOSED is); SeqCst for the wakeup protocol, as the
+            // slot CAS in `install`.
+            self.shared.tail.fetch_or(CLOSED, Ordering::SeqCst);
+            self.shared.notify();
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for Publisher<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// Subscribes without publishing: holding a `Tap` does not keep the ring open.
+pub struct Tap<T: Send + Sync + 'static> {
+    shared: Arc<Shared<T>>,
+}
+
+impl<T: Send + Sync + 'static> Clone for Tap<T> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Tap<T> {
+    /// As [`Publisher::subscribe`].
+    pub fn subscribe(&self) -> Subscriber<T> {
+        self.shared.subscriber(None)
+    }
+
+    /// As [`Publisher::subscribe_from`].
+    pub fn subscribe_from(&self, seq: u64) -> Subscriber<T> {
+        self.shared.subscriber(Some(seq))
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> RingStats {
+        self.shared.stats()
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for Tap<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tap").field("stats", &self.stats()).finish()
+    }
+}
+
+/// One reader of the ring with its own cursor. Replays the startup segment, then reads
+/// live values.
+pub struct Subscriber<T: Send + Sync + 'static> {
+    shared: Arc<Shared<T>>,
+    /// Where this subscriber is in the sequence.
+    pos: Position,
+    /// Where publishers find this subscriber's waker.
+    node: Arc<WaitNode>,
+}
+
+/// A subscriber's place in the sequence space, kept apart from its `shared` handle so an
+/// epoch guard can borrow the ring while the position is updated.
+#[derive(Debug)]
+struct Position {
+    /// Next startup cell to replay; replay is done when it reaches `replay_end`.
+    replay_next: u64,
+    /// End of the part of the startup segment this subscriber replays.
+    replay_end: u64,
+    /// Values skipped and not yet reported; reported (with `resume_seq == cursor`) before
+    /// the next live value.
+    pending_missed: u64,
+    /// Next live sequence number to read from the ring.
+    cursor: u64,
+}
+
+impl<T: Send + Sync + 'static> Subscriber<T> {
+    /// The next value, without waiting.
+    pub fn try_recv(&mut self) -> Result<Arc<Entry<T>>, TryRecvError> {
+        let guard = self.shared.reclaim.pin();
+        let next = self.pos.next(&self.shared, &guard);
+        next.map_err(|e| self.shared.reported(e))
+    }
+
+    /// Appends up to `max` ready values to `out` under one epoch guard. Returns how many it
+    /// appended (at least one), or an error when none was ready. A lag found after some
+    /// values is reported by the next call.
+    pub fn try_recv_many(
+        &mut self,
+        out: &mut Vec<Arc<Entry<T>>>,
+        max: usize,
+    ) -> Result<usize, TryRecvError> {
+        let guard = self.shared.reclaim.pin();
+        let n = self.pos.fill(&self.shared, &guard, out, max);
+        if n > 0 || max == 0 {
+            return Ok(n);
+        }
+        match self.pos.next(&self.shared, &guard) {
+            Ok(entry) => {
+                out.push(entry);
+                Ok(1)
+            }
+            Err(e) => Err(self.shared.reported(e)),
+        }
+    }
+
+    /// The next value, waiting (without spinning) until there is one.
+    pub fn recv(&mut self) -> Recv<'_, T> {
+        Recv { sub: self }
+    }
+
+    /// Waits for at least one value, then appends up to `max` ready ones to `out`.
+    pub fn recv_many<'a>(
+        &'a mut self,
+        out: &'a mut Vec<Arc<Entry<T>>>,
+        max: usize,
+    ) -> RecvMany<'a, T> {
+        RecvMany {
+            sub: self,
+            out,
+            max,
+        }
+    }
+
+    /// The next value, parking the calling thread until there is one. For plain threads;
+    /// inside an async runtime use [`recv`](Self::recv).
+    pub fn recv_blocking(&mut self) -> Result<Arc<Entry<T>>, RecvError> {
+        let mut waker: Option<Waker> = None;
+        loop {
+            match self.try_recv() {
+                Ok(entry) => return Ok(entry),
+                Err(TryRecvError::Lagged { missed, resume_seq }) => {
+                    return Err(RecvError::Lagged { missed, resume_seq });
+                }
+                Err(TryRecvError::Closed) => return Err(RecvError::Closed),
+                Err(TryRecvError::Empty) => {}
+            }
+            let waker = waker.get_or_insert_with(|| {
+                Waker::from(std::sync::Arc::new(ThreadWaker(thread::current())))
+            });
+            match self.park(waker) {
+                Some(Ok(entry)) => return Ok(entry),
+                Some(Err(TryRecvError::Lagged { missed, resume_seq })) => {
+                    return Err(RecvError::Lagged { missed, resume_seq });
+                }
+                Some(Err(_)) => return Err(RecvError::Closed),
+                None => thread::park(),
+            }
+        }
+    }
+
+    /// Registers `waker`, then checks once more. `None`: still empty, safe to sleep.
+    fn park(&mut self, waker: &Waker) -> Option<Result<Arc<Entry<T>>, TryRecvError>> {
+        self.node.waker.register(waker);
+        self.shared.waiters.push(&self.node);
+        // SeqCst: pairs with the publisher's SeqCst slot CAS and SeqCst load of `waiters`
+        // (module docs, "Wakeups").
+        #[cfg(not(herald_mutant = "no_recheck"))]
+        {
+            sync::fence(Ordering::SeqCst);
+            match self.try_recv() {
+                Err(TryRecvError::Empty) => None,
+                other => Some(other),
+            }
+        }
+        #[cfg(herald_mutant = "no_recheck")]
+        None
+    }
+
+    /// The sequence number of the next live value this subscriber will read from the ring.
+    pub fn cursor(&self) -> u64 {
+        self.pos.cursor
+    }
+
+    /// Startup events still to replay.
+    pub fn replay_remaining(&self) -> u64 {
+        self.pos.replay_end - self.pos.replay_next
+    }
+}
+
+impl Position {
+    /// Appends up to `max` ready values; stops at the first non-value, keeping a lag for
+    /// the next call (uncounted until then).
+    fn fill<T: Send + Sync + 'static>(
+        &mut self,
+        shared: &Shared<T>,
+        guard: &Guard<'_>,
+        out: &mut Vec<Arc<Entry<T>>>,
+        max: usize,
+    ) -> usize {
+        let mut n = 0;
+        while n < max {
+            match self.next(shared, guard) {
+                Ok(entry) => {
+                    out.push(entry);
+                    n += 1;
+                }
+                Err(TryRecvError::Lagged { missed, .. }) => {
+                    // `cursor` already moved to the resume point; `next` reports it.
+                    self.pending_missed += missed;
+                    break;
+                }
+                Err(_) => break,
+            }
+        }
+        n
+    }
+
+    fn next<T: Send + Sync + 'static>(
+        &mut self,
+        shared: &Shared<T>,
+        guard: &Guard<'_>,
+    ) -> Result<Arc<Entry<T>>, TryRecvError> {
+        if self.replay_next < self.replay_end {
+            return self.next_replay(shared);
+        }
+        if self.pending_missed > 0 {
+            let missed = std::mem::take(&mut self.pending_missed);
+            return Err(TryRecvError::Lagged {
+                missed,
+                resume_seq: self.cursor,
+            });
+        }
+        self.next_live(shared, guard)
+    }
+
+    fn next_replay<T: Send + Sync + 'static>(
+        &mut self,
+        shared: &Shared<T>,
+    ) -> Result<Arc<Entry<T>>, TryRecvError> {
+        let cell = &shared.startup[self.replay_next as usize];
+        // Acquire: pairs with the publisher's Release store into the startup cell.
+        let p = cell.load(Ordering::Acquire);
+        if p.is_null() {
+            // Claimed before our join point but its publisher has not stored it yet; it
+            // will, and will wake us.
+            return Err(TryRecvError::Empty);
+        }
+        self.replay_next += 1;
+        // SAFETY: startup cells are written once and own a strong count until the ring is
+        // dropped, and we hold the ring through `shared`.
+        Ok(unsafe {
+            Arc::increment_strong_count(p);
+            Arc::from_raw(p)
+        })
+    }
+
+    fn next_live<T: Send + Sync + 'static>(
+        &mut self,
+        shared: &Shared<T>,
+        _guard: &Guard<'_>,
+    ) -> Result<Arc<Entry<T>>, TryRecvError> {
+        let slot = &shared.slots[(self.cursor & shared.mask) as usize];
+        loop {
+            // Acquire: pairs with the publisher's SeqCst (Release) CAS in `install`.
+            let p = slot.load(Ordering::Acquire);
+            if !p.is_null() {
+                // SAFETY: `p` was reachable from the slot while `guard` is pinned, so even
+                // if it is retired now it is not freed before `guard` is dropped.
+                let seq = unsafe { (*p).seq() };
+                if seq == self.cursor {
+                    self.cursor += 1;
+                    // SAFETY: as above; the new strong count keeps it alive afterwards.
+                    return Ok(unsafe {
+                        Arc::increment_strong_count(p);
+                        Arc::from_raw(p)
+                    });
+                }
+                if seq > self.cursor {
+                    // Overwritten: skip to the oldest value that can still be retained.
+                    // Acquire: pairs with publishers' fetch_add; `seq`'s claim is visible
+                    // (it happened before the write we just read).
+                    let tail = shared.tail.load(Ordering::Acquire) & SEQ_MASK;
+                    let resume_seq = tail - shared.mask - 1;
+                    debug_assert!(resume_seq > self.cursor);
+                    let missed = resume_seq - self.cursor;
+                    self.cursor = resume_seq;
+                    return Err(TryRecvError::Lagged { missed, resume_seq });
+                }
+            }
+            // Not written yet. Acquire: pairs with the last publisher's CLOSED fetch_or,
+            // after which every publish is complete and visible.
+            let tail = shared.tail.load(Ordering::Acquire);
+            if tail & CLOSED == 0 {
+                return Err(TryRecvError::Empty);
+            }
+            if self.cursor >= tail & SEQ_MASK {
+                return Err(TryRecvError::Closed);
+            }
+            // Closed with values left: the slot is written by now; read it again.
+        }
+    }
+}
+
+impl<T: Send + Sync + 'static> Drop for Subscriber<T> {
+    fn drop(&mut self) {
+        // Relaxed: statistics only.
+        self.shared.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<T: Send + Sync + 'static> fmt::Debug for Subscriber<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("cursor", &self.pos.cursor)
+            .field("replay_remaining", &self.replay_remaining())
+            .finish()
+    }
+}
+
+/// Wakes a thread parked in [`Subscriber::recv_blocking`].
+struct ThreadWaker(thread::Thread);
+
+impl std::task::Wake for ThreadWaker {
+    fn wake(self: std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+    fn wake_by_ref(self: &std::sync::Arc<Self>) {
+        self.0.unpark();
+    }
+}
+
+/// Future of [`Subscriber::recv`]. Cancel-safe: dropping it loses nothing.
+pub struct Recv<'a, T: Send + Sync + 'static> {
+    sub: &'a mut Subscriber<T>,
+}
+
+fn to_recv_error(e: TryRecvError) -> RecvError {
+    match e {
+        TryRecvError::Lagged { missed, resume_seq } => RecvError::Lagged { missed, resume_seq },
+        _ => RecvError::Closed,
+    }
+}
+
+impl<T: Send + Sync + 'static> Future for Recv<'_, T> {
+    type Output = Result<Arc<Entry<T>>, RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let sub = &mut *self.sub;
+        match sub.try_recv() {
+            Ok(entry) => return Poll::Ready(Ok(entry)),
+            Err(TryRecvError::Empty) => {}
+            Err(e) => return Poll::Ready(Err(to_recv_error(e))),
+        }
+        match sub.park(cx.waker()) {
+            None => Poll::Pending,
+            Some(Ok(entry)) => Poll::Ready(Ok(entry)),
+            Some(Err(e)) => Poll::Ready(Err(to_recv_error(e))),
+        }
+    }
+}
+
+/// Future of [`Subscriber::recv_many`]. Cancel-safe: dropping it loses nothing.
+pub struct RecvMany<'a, T: Send + Sync + 'static> {
+    sub: &'a mut Subscriber<T>,
+    out: &'a mut Vec<Arc<Entry<T>>>,
+    max: usize,
+}
+
+impl<T: Send + Sync + 'static> Future for RecvMany<'_, T> {
+    type Output = Result<usize, RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let max = this.max.max(1);
+        match this.sub.try_recv_many(this.out, max) {
+            Ok(n) => return Poll::Ready(Ok(n)),
+            Err(TryRecvError::Empty) => {}
+            Err(e) => return Poll::Ready(Err(to_recv_error(e))),
+        }
+        match this.sub.park(cx.waker()) {
+            None => Poll::Pending,
+            Some(Ok(entry)) => {
+                this.out.push(entry);
+                let sub = &mut *this.sub;
+                let guard = sub.shared.reclaim.pin();
+                let more = sub.pos.fill(&sub.shared, &guard, this.out, max - 1);
+                Poll::Ready(Ok(1 + more))
+            }
+            Some(Err(e)) => Poll::Ready(Err(to_recv_error(e))),
+        }
+    }
+}
