@@ -63,7 +63,10 @@ use simd_json::{ErrorType, Node};
 pub const SCHEMA_VERSION: u64 = 1;
 
 // The envelope literals below spell the version out; this stops them drifting apart.
-const _: () = assert!(SCHEMA_VERSION == 1, "update the envelope literals in event.rs");
+const _: () = assert!(
+    SCHEMA_VERSION == 1,
+    "update the envelope literals in event.rs"
+);
 
 // ---------------------------------------------------------------------------------------------
 // Payload types
@@ -294,6 +297,7 @@ impl EventKind {
     ];
 
     /// The wire name, as in `"event":"block-finalised"`.
+    #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
             EventKind::NodeStarted => "node-started",
@@ -310,6 +314,7 @@ impl EventKind {
     }
 
     /// Position in [`EventKind::ALL`], `0..10`: the bit of this kind in a filter bitmask.
+    #[must_use]
     pub const fn index(self) -> usize {
         // Declaration order is `ALL` order (checked by a test), so the discriminant is the index.
         self as usize
@@ -401,6 +406,7 @@ fn write_string_object(buf: &mut Vec<u8>, key: &str, value: &str) {
 
 impl Event {
     /// The type of this event.
+    #[must_use]
     pub const fn kind(&self) -> EventKind {
         match self {
             Event::NodeStarted { .. } => EventKind::NodeStarted,
@@ -462,7 +468,9 @@ impl Event {
                 write_json(buf, sender);
                 buf.push(b'}');
             }
-            Event::BlockCreated(block) | Event::BlockAdded(block) | Event::BlockFinalised(block) => {
+            Event::BlockCreated(block)
+            | Event::BlockAdded(block)
+            | Event::BlockFinalised(block) => {
                 write_json(buf, block);
             }
             Event::TransfersAvailable(transfers) => write_json(buf, transfers),
@@ -536,9 +544,12 @@ pub fn started_message() -> Bytes {
 /// `resume_seq` the sequence number delivery continues from.
 #[must_use]
 pub fn lagged_message(missed: u64, resume_seq: u64) -> Bytes {
-    debug_assert!(missed >= 1, "a lagged notice must report at least one missed event");
     const HEAD: &[u8] = br#"{"event":"lagged","schema-version":1,"payload":{"missed":"#;
     const MIDDLE: &[u8] = br#","resume-seq":"#;
+    debug_assert!(
+        missed >= 1,
+        "a lagged notice must report at least one missed event"
+    );
     let mut buf = Vec::with_capacity(HEAD.len() + MIDDLE.len() + 2 * MAX_U64_DIGITS + 2);
     buf.extend_from_slice(HEAD);
     write_json(&mut buf, &missed);
@@ -632,15 +643,23 @@ const MAX_DEPTH: usize = 64;
 ///
 /// Accepts any key order, whitespace and unknown keys; requires `schema-version` 1 and, for
 /// events and `lagged`, a complete payload. Never panics, whatever `buf` holds.
+///
+/// # Errors
+///
+/// A [`DecodeError`] saying what is wrong: invalid JSON ([`DecodeError::Json`]), not an object,
+/// an envelope field missing or ill-typed, an unknown event name, another schema-version, or
+/// a payload that does not match its event type ([`DecodeError::InvalidPayload`]).
 pub fn decode(buf: &mut [u8]) -> Result<ServerMessage, DecodeError> {
     let tape = simd_json::to_tape(buf).map_err(|e| DecodeError::Json(e.to_string()))?;
     check_depth(&tape.0)?;
     let root = tape.as_value();
     let envelope = root.as_object().ok_or(DecodeError::NotAnObject)?;
 
-    let name = envelope
+    let name_value = envelope
         .get("event")
-        .and_then(|v| v.as_str())
+        .ok_or(DecodeError::MissingField("event"))?;
+    let name = name_value
+        .as_str()
         .ok_or(DecodeError::MissingField("event"))?;
     let version = envelope
         .get("schema-version")
@@ -658,13 +677,16 @@ pub fn decode(buf: &mut [u8]) -> Result<ServerMessage, DecodeError> {
                 .ok_or(DecodeError::MissingField("payload"))?;
             let LaggedPayload { missed, resume_seq } = payload_from(name, payload)?;
             if missed == 0 {
-                return Err(invalid_payload(name, "`missed` must be at least 1".to_owned()));
+                return Err(invalid_payload(
+                    name,
+                    "`missed` must be at least 1".to_owned(),
+                ));
             }
             Ok(ServerMessage::Lagged { missed, resume_seq })
         }
         _ => {
-            let kind =
-                EventKind::from_str(name).map_err(|_| DecodeError::UnknownEvent(name.to_owned()))?;
+            let kind = EventKind::from_str(name)
+                .map_err(|_| DecodeError::UnknownEvent(name.to_owned()))?;
             let seq = match envelope.get("seq") {
                 None => None,
                 Some(seq) => Some(seq.as_u64().ok_or(DecodeError::MissingField("seq"))?),
@@ -761,7 +783,10 @@ fn payload_from<T: DeserializeOwned>(
     payload: TapeValue<'_, '_>,
 ) -> Result<T, DecodeError> {
     if !payload.is_object() {
-        return Err(invalid_payload(event, "payload is not a JSON object".to_owned()));
+        return Err(invalid_payload(
+            event,
+            "payload is not a JSON object".to_owned(),
+        ));
     }
     // Depth was bounded by `check_depth`, so the recursive conversion is safe.
     let value = LazyValue::from_tape(payload).into_value();
@@ -1082,7 +1107,11 @@ mod tests {
             let len = event.encode_with_seq(u64::MAX).len();
             assert!(hint >= len, "{:?}: hint {hint} < {len}", event.kind());
             // ... and is not wildly oversized either.
-            assert!(hint <= 2 * len + 64, "{:?}: hint {hint} vs {len}", event.kind());
+            assert!(
+                hint <= 2 * len + 64,
+                "{:?}: hint {hint} vs {len}",
+                event.kind()
+            );
         }
     }
 
@@ -1279,7 +1308,14 @@ mod tests {
 
     #[test]
     fn error_not_json() {
-        for message in ["hello", "{event}", "{\"event\":}", "[1,]", "{\"a\":1}}", "\u{0}"] {
+        for message in [
+            "hello",
+            "{event}",
+            "{\"event\":}",
+            "[1,]",
+            "{\"a\":1}}",
+            "\u{0}",
+        ] {
             assert!(
                 matches!(decode_str(message), Err(DecodeError::Json(_))),
                 "{message:?}: {:?}",
@@ -1408,7 +1444,10 @@ mod tests {
                     entry.1 = value;
                 }
             }
-            let body: Vec<String> = fields.iter().map(|(k, v)| format!(r#""{k}":{v}"#)).collect();
+            let body: Vec<String> = fields
+                .iter()
+                .map(|(k, v)| format!(r#""{k}":{v}"#))
+                .collect();
             format!(
                 r#"{{"event":"block-created","schema-version":1,"payload":{{{}}}}}"#,
                 body.join(",")
@@ -1425,10 +1464,22 @@ mod tests {
             ("parent-hashes", r#""aa""#, "invalid type"),
             ("parent-hashes", "[1]", "invalid type"),
             ("justification-hashes", r#"[["v"]]"#, "invalid length 1"),
-            ("justification-hashes", r#"[["v","h","x"]]"#, "invalid length 3"),
+            (
+                "justification-hashes",
+                r#"[["v","h","x"]]"#,
+                "invalid length 3",
+            ),
             ("justification-hashes", r#"[{"v":"h"}]"#, "invalid type"),
-            ("deploys", r#"[{"id":"i","cost":1,"deployer":"d","errored":"no"}]"#, "invalid type"),
-            ("deploys", r#"[{"id":"i","cost":1,"deployer":"d","errored":false,"transfers":{}}]"#, "invalid type"),
+            (
+                "deploys",
+                r#"[{"id":"i","cost":1,"deployer":"d","errored":"no"}]"#,
+                "invalid type",
+            ),
+            (
+                "deploys",
+                r#"[{"id":"i","cost":1,"deployer":"d","errored":false,"transfers":{}}]"#,
+                "invalid type",
+            ),
             ("creator", "[]", "invalid type"),
             ("seq-num", "true", "invalid type"),
         ] {
@@ -1509,11 +1560,7 @@ mod tests {
             assert!(matches!(decode_str(&message), Err(DecodeError::Json(_))));
         }
         // Exactly at the limit is fine: the envelope and payload are two of the levels.
-        let nested = format!(
-            "{}{}",
-            "[".repeat(MAX_DEPTH - 2),
-            "]".repeat(MAX_DEPTH - 2)
-        );
+        let nested = format!("{}{}", "[".repeat(MAX_DEPTH - 2), "]".repeat(MAX_DEPTH - 2));
         let message = format!(
             r#"{{"event":"sent-approved-block","schema-version":1,"payload":{{"block-hash":"h","x":{nested}}}}}"#
         );
@@ -1608,14 +1655,18 @@ mod tests {
     // ----- property tests -----------------------------------------------------------------------
 
     fn arb_transfer() -> impl Strategy<Value = Transfer> {
-        (any::<String>(), any::<String>(), any::<u64>(), any::<bool>()).prop_map(
-            |(from_addr, to_addr, amount, success)| Transfer {
+        (
+            any::<String>(),
+            any::<String>(),
+            any::<u64>(),
+            any::<bool>(),
+        )
+            .prop_map(|(from_addr, to_addr, amount, success)| Transfer {
                 from_addr,
                 to_addr,
                 amount,
                 success,
-            },
-        )
+            })
     }
 
     fn arb_deploy() -> impl Strategy<Value = DeployInfo> {
@@ -1762,7 +1813,7 @@ mod tests {
             let parsed: serde_json::Value = serde_json::from_slice(&bytes).expect("valid JSON");
             let keys: Vec<&str> = parsed.as_object().expect("object").keys().map(String::as_str).collect();
             prop_assert_eq!(keys.len(), 3);
-            prop_assert!(bytes.starts_with(br#"{"event":""#));
+            prop_assert!(bytes.starts_with(br#"{"event":""#), "envelope must start with the event key");
             prop_assert_eq!(decode(&mut bytes.to_vec()), Ok(ServerMessage::Event { event: event.clone(), seq: None }));
             prop_assert_eq!(
                 decode(&mut event.encode_with_seq(seq).to_vec()),

@@ -6,5 +6,7 @@
 //! * [`event`]: the ten event types and the wire format (SPEC sections 2 to 4).
 //! * [`bus`]: the node-facing API: publish events, seal the startup segment, subscribe.
 
+pub mod bus;
+pub mod event;
 pub mod ring;
 mod sync;

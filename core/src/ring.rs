@@ -295,13 +295,15 @@ pub fn ring<T: Send + Sync + 'static>(config: RingConfig) -> Publisher<T> {
             publishers: AtomicUsize::new(1),
             subscribers: AtomicUsize::new(0),
             lagged: AtomicU64::new(0),
-            reclaim: Reclaimer::default(),
+            reclaim: Reclaimer::new(),
         }),
     }
 }
 
 impl<T: Send + Sync + 'static> Shared<T> {
-    fn publish(&self, value: T) -> u64 {
+    /// Publishes `value`; `observe` sees the entry once it is in the ring.
+    #[inline]
+    fn publish(&self, value: T, observe: impl FnOnce(&Arc<Entry<T>>)) -> u64 {
         let entry = Arc::new(Entry {
             seq: AtomicU64::new(0),
             value,
@@ -326,15 +328,23 @@ impl<T: Send + Sync + 'static> Shared<T> {
         }
 
         let guard = self.reclaim.pin();
-        self.install(seq, Arc::into_raw(entry) as *mut Entry<T>, &guard);
+        let raw = Arc::into_raw(entry) as *mut Entry<T>;
+        if self.install(seq, raw, &guard) {
+            // SAFETY: the slot owns `raw`'s count; if a later lap replaces it now, it is
+            // retired under `guard`, which is still pinned, so it stays alive here.
+            observe(&std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(raw) }));
+        } else {
+            // SAFETY: not installed, so we still own the count `into_raw` gave us.
+            observe(&unsafe { Arc::from_raw(raw) });
+        }
         drop(guard);
         self.notify();
         seq
     }
 
     /// Puts `new` (which owns a strong count, seq `seq`) into its slot unless a later lap is
-    /// already there.
-    fn install(&self, seq: u64, new: *mut Entry<T>, guard: &Guard<'_>) {
+    /// already there. Returns whether it did; if not, the caller still owns `new`.
+    fn install(&self, seq: u64, new: *mut Entry<T>, guard: &Guard<'_>) -> bool {
         let slot = &self.slots[(seq & self.mask) as usize];
         // Acquire: pairs with the CAS of the publisher that installed `cur`, so reading its
         // seq below is ordered after that write.
@@ -345,9 +355,7 @@ impl<T: Send + Sync + 'static> Shared<T> {
             if !cur.is_null() && unsafe { (*cur).seq() } >= seq {
                 // Lapped while publishing: a newer value owns the slot. Readers count `seq`
                 // as missed.
-                // SAFETY: `new` came from `Arc::into_raw` and was never shared.
-                drop(unsafe { Arc::from_raw(new) });
-                return;
+                return false;
             }
             // SeqCst: Release pairs with readers' Acquire load of the slot (they see the
             // entry's fields); SeqCst puts the write in the total order with the `waiters`
@@ -364,7 +372,7 @@ impl<T: Send + Sync + 'static> Shared<T> {
                         // unreachable from it; readers that loaded it hold a guard.
                         unsafe { guard.retire(cur as *const Entry<T>) };
                     }
-                    return;
+                    return true;
                 }
                 Err(actual) => cur = actual,
             }
@@ -483,7 +491,14 @@ impl<T: Send + Sync + 'static> Publisher<T> {
     /// subscriber; wakes parked subscribers, if any.
     #[inline]
     pub fn publish(&self, value: T) -> u64 {
-        self.shared.publish(value)
+        self.shared.publish(value, |_| {})
+    }
+
+    /// As [`publish`](Self::publish), and calls `observe` on the publishing thread with
+    /// the shared entry once it is in the ring (before parked subscribers are woken).
+    #[inline]
+    pub fn publish_observed(&self, value: T, observe: impl FnOnce(&Arc<Entry<T>>)) -> u64 {
+        self.shared.publish(value, observe)
     }
 
     /// Closes the startup segment in one atomic step and returns the seal point: the number

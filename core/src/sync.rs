@@ -88,6 +88,10 @@ mod reclaim {
     pub(crate) struct Guard<'a>(crossbeam_epoch::Guard, std::marker::PhantomData<&'a ()>);
 
     impl Reclaimer {
+        pub(crate) fn new() -> Self {
+            Reclaimer
+        }
+
         #[inline]
         pub(crate) fn pin(&self) -> Guard<'_> {
             Guard(crossbeam_epoch::pin(), std::marker::PhantomData)
@@ -145,6 +149,10 @@ mod reclaim {
     pub(crate) struct Guard<'a>(&'a Reclaimer);
 
     impl Reclaimer {
+        pub(crate) fn new() -> Self {
+            Self::default()
+        }
+
         pub(crate) fn pin(&self) -> Guard<'_> {
             self.state.lock().unwrap().active += 1;
             Guard(self)

@@ -1,0 +1,578 @@
+//! Behaviour of the broadcast ring: every method and error path, then concurrency.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::thread;
+
+use herald_core::ring::{self, RecvError, RingConfig, TryRecvError};
+
+fn cfg(capacity: usize, startup_capacity: usize) -> RingConfig {
+    RingConfig {
+        capacity,
+        startup_capacity,
+    }
+}
+
+/// What `drain` saw: sequence numbers, values, `(missed, resume_seq)` notices, and the
+/// error that ended it.
+type Drained<T> = (Vec<u64>, Vec<T>, Vec<(u64, u64)>, TryRecvError);
+
+/// Drains everything ready.
+fn drain<T: Copy + Send + Sync + 'static>(sub: &mut ring::Subscriber<T>) -> Drained<T> {
+    let (mut seqs, mut vals, mut lags) = (Vec::new(), Vec::new(), Vec::new());
+    loop {
+        match sub.try_recv() {
+            Ok(e) => {
+                seqs.push(e.seq());
+                vals.push(**e);
+            }
+            Err(TryRecvError::Lagged { missed, resume_seq }) => lags.push((missed, resume_seq)),
+            Err(end) => return (seqs, vals, lags, end),
+        }
+    }
+}
+
+#[test]
+fn publish_assigns_consecutive_sequence_numbers_from_zero() {
+    let p = ring::ring::<u32>(cfg(8, 0));
+    let seqs: Vec<u64> = (0..20).map(|i| p.publish(i)).collect();
+    assert_eq!(seqs, (0..20).collect::<Vec<u64>>());
+    assert_eq!(p.stats().published, 20);
+}
+
+#[test]
+fn fresh_subscriber_is_empty_then_reads_in_order() {
+    let p = ring::ring::<u32>(cfg(8, 0));
+    p.seal_startup();
+    let mut s = p.subscribe();
+    assert_eq!(s.try_recv().unwrap_err(), TryRecvError::Empty);
+    for i in 0..5 {
+        p.publish(i * 10);
+    }
+    let (seqs, vals, lags, end) = drain(&mut s);
+    assert_eq!(seqs, vec![0, 1, 2, 3, 4]);
+    assert_eq!(vals, vec![0, 10, 20, 30, 40]);
+    assert!(lags.is_empty());
+    assert_eq!(end, TryRecvError::Empty);
+}
+
+#[test]
+fn capacity_is_rounded_up_to_a_power_of_two_of_at_least_two() {
+    assert_eq!(ring::ring::<u8>(cfg(3, 0)).stats().capacity, 4);
+    assert_eq!(ring::ring::<u8>(cfg(0, 0)).stats().capacity, 2);
+    assert_eq!(ring::ring::<u8>(cfg(1024, 0)).stats().capacity, 1024);
+}
+
+#[test]
+fn a_lapped_subscriber_gets_the_exact_missed_count_and_resumes_at_the_oldest_retained() {
+    let p = ring::ring::<u64>(cfg(4, 0));
+    p.seal_startup();
+    let mut s = p.subscribe();
+    for i in 0..11 {
+        p.publish(i);
+    }
+    // Retained: 7, 8, 9, 10. Missed: 0..7.
+    assert_eq!(
+        s.try_recv().unwrap_err(),
+        TryRecvError::Lagged {
+            missed: 7,
+            resume_seq: 7
+        }
+    );
+    let (seqs, vals, lags, _) = drain(&mut s);
+    assert_eq!(seqs, vec![7, 8, 9, 10]);
+    assert_eq!(vals, vec![7, 8, 9, 10]);
+    assert!(lags.is_empty());
+    assert_eq!(p.stats().lagged, 7);
+}
+
+#[test]
+fn startup_events_are_replayed_to_subscribers_joining_before_the_seal() {
+    let p = ring::ring::<u32>(cfg(8, 16));
+    p.publish(100);
+    p.publish(101);
+    let mut early = p.subscribe(); // join point 2: replays 0..2, then live from 2
+    p.publish(102);
+    assert_eq!(p.seal_startup(), 3);
+    p.publish(103);
+    let (seqs, vals, lags, _) = drain(&mut early);
+    assert_eq!(
+        seqs,
+        vec![0, 1, 2, 3],
+        "each event exactly once, replay then live"
+    );
+    assert_eq!(vals, vec![100, 101, 102, 103]);
+    assert!(lags.is_empty());
+}
+
+#[test]
+fn subscribers_joining_after_the_seal_replay_the_sealed_segment_then_live_from_their_join() {
+    let p = ring::ring::<u32>(cfg(8, 16));
+    p.publish(0);
+    p.publish(1);
+    assert_eq!(p.seal_startup(), 2);
+    p.publish(2); // after the seal, before the join: not replayed (SPEC 2)
+    let mut late = p.subscribe();
+    p.publish(3);
+    let (seqs, _, lags, _) = drain(&mut late);
+    assert_eq!(seqs, vec![0, 1, 3]);
+    assert!(lags.is_empty());
+    let st = p.stats();
+    assert!(st.sealed);
+    assert_eq!((st.startup_len, st.startup_dropped), (2, 0));
+}
+
+#[test]
+fn seal_is_idempotent_and_returns_the_first_seal_point() {
+    let p = ring::ring::<u32>(cfg(8, 16));
+    p.publish(0);
+    assert!(!p.stats().sealed);
+    assert_eq!(p.seal_startup(), 1);
+    p.publish(1);
+    assert_eq!(p.seal_startup(), 1);
+    assert_eq!(p.clone().seal_startup(), 1);
+    assert_eq!(p.stats().startup_len, 1);
+}
+
+#[test]
+fn startup_overflow_keeps_the_first_events_and_reports_the_rest_as_missed() {
+    let p = ring::ring::<u32>(cfg(8, 3));
+    for i in 0..5 {
+        p.publish(i);
+    }
+    p.seal_startup();
+    let st = p.stats();
+    assert_eq!((st.startup_len, st.startup_dropped), (3, 2));
+    let mut s = p.subscribe();
+    p.publish(5);
+    let (seqs, _, lags, _) = drain(&mut s);
+    assert_eq!(seqs, vec![0, 1, 2, 5]);
+    assert_eq!(lags, vec![(2, 5)]);
+}
+
+#[test]
+fn startup_overflow_before_the_seal_is_reported_to_early_subscribers_too() {
+    let p = ring::ring::<u32>(cfg(8, 2));
+    for i in 0..4 {
+        p.publish(i);
+    }
+    let mut s = p.subscribe(); // unsealed, join 4: keeps 0,1; 2,3 not kept
+    p.publish(4);
+    let (seqs, _, lags, _) = drain(&mut s);
+    assert_eq!(seqs, vec![0, 1, 4]);
+    assert_eq!(lags, vec![(2, 4)]);
+}
+
+#[test]
+fn a_zero_startup_capacity_keeps_nothing_and_says_so() {
+    let p = ring::ring::<u32>(cfg(8, 0));
+    p.publish(0);
+    p.seal_startup();
+    let mut s = p.subscribe();
+    assert_eq!(
+        s.try_recv().unwrap_err(),
+        TryRecvError::Lagged {
+            missed: 1,
+            resume_seq: 1
+        }
+    );
+    assert_eq!(s.try_recv().unwrap_err(), TryRecvError::Empty);
+}
+
+#[test]
+fn subscribe_from_delivers_every_retained_event_from_that_sequence() {
+    let p = ring::ring::<u32>(cfg(4, 8));
+    for i in 0..3 {
+        p.publish(i); // startup 0,1,2
+    }
+    p.seal_startup();
+    for i in 3..10 {
+        p.publish(i); // ring retains 6..10
+    }
+    // From inside the startup segment: 1,2 from it, then 3..6 are gone, then 6..10.
+    let mut s = p.subscribe_from(1);
+    let (seqs, _, lags, _) = drain(&mut s);
+    assert_eq!(seqs, vec![1, 2, 6, 7, 8, 9]);
+    assert_eq!(lags, vec![(3, 6)]);
+    // From a retained live sequence: exactly from there.
+    let mut s = p.subscribe_from(8);
+    assert_eq!(drain(&mut s).0, vec![8, 9]);
+    // From the next sequence (a reconnecting client that saw everything): only new ones.
+    let mut s = p.subscribe_from(10);
+    assert_eq!(s.try_recv().unwrap_err(), TryRecvError::Empty);
+    p.publish(10);
+    assert_eq!(drain(&mut s).0, vec![10]);
+    // From 0: all startup events, then what the ring retains.
+    let mut s = p.subscribe_from(0);
+    let (seqs, _, lags, _) = drain(&mut s);
+    assert_eq!(seqs, vec![0, 1, 2, 7, 8, 9, 10]);
+    assert_eq!(lags, vec![(4, 7)]);
+}
+
+#[test]
+fn subscribe_from_a_future_sequence_waits_for_it() {
+    let p = ring::ring::<u32>(cfg(4, 0));
+    p.seal_startup();
+    let mut s = p.subscribe_from(3);
+    for i in 0..5 {
+        p.publish(i);
+    }
+    assert_eq!(drain(&mut s).0, vec![3, 4]);
+}
+
+#[test]
+fn dropping_the_last_publisher_closes_after_the_subscriber_drains() {
+    let p = ring::ring::<u32>(cfg(8, 0));
+    p.seal_startup();
+    let mut s = p.subscribe();
+    let tap = p.tap();
+    let p2 = p.clone();
+    p.publish(1);
+    drop(p);
+    assert_eq!(s.try_recv().unwrap().seq(), 0);
+    assert_eq!(
+        s.try_recv().unwrap_err(),
+        TryRecvError::Empty,
+        "a clone keeps it open"
+    );
+    p2.publish(2);
+    drop(p2);
+    assert_eq!(s.try_recv().unwrap().seq(), 1);
+    assert_eq!(s.try_recv().unwrap_err(), TryRecvError::Closed);
+    assert_eq!(s.try_recv().unwrap_err(), TryRecvError::Closed);
+    // A tap does not keep the ring open, and its new subscribers see it closed.
+    let mut late = tap.subscribe();
+    assert_eq!(late.try_recv().unwrap_err(), TryRecvError::Closed);
+}
+
+#[test]
+fn subscribers_share_one_allocation_per_value() {
+    let p = ring::ring::<String>(cfg(8, 8));
+    let mut a = p.subscribe();
+    let mut b = p.subscribe();
+    p.publish("block".to_string());
+    let (x, y) = (a.try_recv().unwrap(), b.try_recv().unwrap());
+    assert!(Arc::ptr_eq(&x, &y));
+    // And the replayed copy is the same allocation as the live one.
+    let mut c = p.subscribe_from(0);
+    assert!(Arc::ptr_eq(&x, &c.try_recv().unwrap()));
+}
+
+#[test]
+fn stats_count_subscribers_and_reported_lag() {
+    let p = ring::ring::<u32>(cfg(2, 0));
+    p.seal_startup();
+    let s1 = p.subscribe();
+    let mut s2 = p.subscribe();
+    assert_eq!(p.stats().subscribers, 2);
+    drop(s1);
+    assert_eq!(p.stats().subscribers, 1);
+    for i in 0..5 {
+        p.publish(i);
+    }
+    let _ = s2.try_recv();
+    assert_eq!(p.stats().lagged, 3);
+}
+
+#[test]
+fn try_recv_many_batches_and_defers_a_lag_found_mid_batch() {
+    let p = ring::ring::<u32>(cfg(4, 0));
+    p.seal_startup();
+    let mut s = p.subscribe();
+    for i in 0..3 {
+        p.publish(i);
+    }
+    let mut out = Vec::new();
+    assert_eq!(s.try_recv_many(&mut out, 2), Ok(2));
+    assert_eq!(s.try_recv_many(&mut out, 10), Ok(1));
+    assert_eq!(
+        out.iter().map(|e| e.seq()).collect::<Vec<_>>(),
+        vec![0, 1, 2]
+    );
+    assert_eq!(s.try_recv_many(&mut out, 10), Err(TryRecvError::Empty));
+    assert_eq!(s.try_recv_many(&mut out, 0), Ok(0));
+    for i in 3..12 {
+        p.publish(i);
+    }
+    out.clear();
+    assert_eq!(
+        s.try_recv_many(&mut out, 10),
+        Err(TryRecvError::Lagged {
+            missed: 5,
+            resume_seq: 8
+        })
+    );
+    assert_eq!(s.try_recv_many(&mut out, 10), Ok(4));
+    assert_eq!(p.stats().lagged, 5);
+}
+
+/// Counts drops, to prove nothing leaks and nothing is dropped twice.
+struct Counted(Arc<AtomicUsize>);
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn every_value_is_dropped_exactly_once() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    {
+        let p = ring::ring::<Counted>(cfg(4, 2));
+        for _ in 0..100 {
+            p.publish(Counted(drops.clone()));
+        }
+        let mut s = p.subscribe_from(0);
+        let held = s.try_recv().unwrap(); // replayed startup entry
+        assert_eq!(held.seq(), 0);
+        drop(p);
+        drop(held);
+        drop(s);
+    }
+    // Overwritten entries are freed by the epoch collector; let it run.
+    for _ in 0..64 {
+        crossbeam_epoch::pin().flush();
+        if drops.load(Ordering::SeqCst) == 100 {
+            break;
+        }
+        thread::yield_now();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), 100);
+}
+
+#[test]
+fn blocking_recv_wakes_on_publish_and_on_close() {
+    let p = ring::ring::<u32>(cfg(8, 0));
+    p.seal_startup();
+    let mut s = p.subscribe();
+    let reader = thread::spawn(move || {
+        let (mut got, mut missed) = (Vec::new(), 0);
+        loop {
+            match s.recv_blocking() {
+                Ok(e) => got.push(**e),
+                Err(RecvError::Lagged { missed: m, .. }) => missed += m,
+                Err(RecvError::Closed) => return (got, missed),
+            }
+        }
+    });
+    for i in 0..1000 {
+        p.publish(i);
+        if i % 100 == 0 {
+            thread::yield_now();
+        }
+    }
+    drop(p);
+    // Capacity 8 may lap it; what it got must be in order and end with the last value.
+    let (got, missed) = reader.join().unwrap();
+    assert_eq!(got.len() as u64 + missed, 1000);
+    assert!(got.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(got.last(), Some(&999));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_recv_wakes_on_publish_and_on_close() {
+    let p = ring::ring::<u64>(cfg(1 << 14, 0));
+    p.seal_startup();
+    let mut s = p.subscribe();
+    let reader = tokio::spawn(async move {
+        let mut sum = 0;
+        let mut n = 0;
+        loop {
+            match s.recv().await {
+                Ok(e) => {
+                    sum += **e;
+                    n += 1;
+                }
+                Err(RecvError::Closed) => return (n, sum),
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+    });
+    let producer = thread::spawn(move || {
+        for i in 0..10_000u64 {
+            p.publish(i);
+            if i % 64 == 0 {
+                thread::yield_now();
+            }
+        }
+    });
+    producer.join().unwrap();
+    assert_eq!(reader.await.unwrap(), (10_000, 10_000 * 9_999 / 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recv_many_waits_then_batches() {
+    let p = ring::ring::<u64>(cfg(1 << 14, 0));
+    p.seal_startup();
+    let mut s = p.subscribe();
+    let reader = tokio::spawn(async move {
+        let mut out = Vec::new();
+        let mut batches = 0;
+        loop {
+            match s.recv_many(&mut out, 64).await {
+                Ok(n) => {
+                    assert!((1..=64).contains(&n));
+                    batches += 1;
+                }
+                Err(RecvError::Closed) => return (out, batches),
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+    });
+    for i in 0..5_000u64 {
+        p.publish(i);
+        if i % 500 == 0 {
+            tokio::task::yield_now().await;
+        }
+    }
+    drop(p);
+    let (out, batches) = reader.await.unwrap();
+    assert_eq!(out.len(), 5_000);
+    assert!(out.iter().enumerate().all(|(i, e)| e.seq() == i as u64));
+    assert!(batches <= 5_000);
+}
+
+/// 4 producers x 250k with 8 subscribers, some slow, on a ring small enough that the slow
+/// ones lap. For each subscriber: sequences strictly increase, per-producer order holds,
+/// and received + missed == published since it joined.
+#[test]
+fn stress_many_producers_many_subscribers_exact_accounting() {
+    const PRODUCERS: u64 = 4;
+    const PER: u64 = 250_000;
+    let p = ring::ring::<(u64, u64)>(cfg(1024, 0));
+    p.seal_startup();
+    let subs: Vec<_> = (0..8).map(|_| p.subscribe()).collect();
+    let readers: Vec<_> = subs
+        .into_iter()
+        .enumerate()
+        .map(|(i, mut s)| {
+            let slow = i % 3 == 2;
+            thread::spawn(move || {
+                let join = s.cursor();
+                let (mut received, mut missed) = (0u64, 0u64);
+                let mut last_seq: Option<u64> = None;
+                let mut last_per = [None::<u64>; PRODUCERS as usize];
+                loop {
+                    match s.recv_blocking() {
+                        Ok(e) => {
+                            if let Some(l) = last_seq {
+                                assert!(e.seq() > l, "sequence went backwards");
+                            }
+                            last_seq = Some(e.seq());
+                            let (pid, n) = **e;
+                            if let Some(prev) = last_per[pid as usize] {
+                                assert!(n > prev, "producer {pid} order broken");
+                            }
+                            last_per[pid as usize] = Some(n);
+                            received += 1;
+                            if slow && received % 1000 == 0 {
+                                thread::sleep(std::time::Duration::from_micros(200));
+                            }
+                        }
+                        Err(RecvError::Lagged {
+                            missed: m,
+                            resume_seq,
+                        }) => {
+                            assert!(m >= 1);
+                            missed += m;
+                            if let Some(l) = last_seq {
+                                assert!(resume_seq > l);
+                            }
+                        }
+                        Err(RecvError::Closed) => return (join, received, missed, slow),
+                    }
+                }
+            })
+        })
+        .collect();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|pid| {
+            let p = p.clone();
+            thread::spawn(move || {
+                for n in 0..PER {
+                    p.publish((pid, n));
+                }
+            })
+        })
+        .collect();
+    drop(p);
+    for h in producers {
+        h.join().unwrap();
+    }
+    let mut any_lag = false;
+    for r in readers {
+        let (join, received, missed, _slow) = r.join().unwrap();
+        assert_eq!(received + missed, PRODUCERS * PER - join);
+        any_lag |= missed > 0;
+    }
+    assert!(
+        any_lag,
+        "the slow subscribers were expected to lap at capacity 1024"
+    );
+}
+
+/// Subscribers racing publishers and the seal, many rounds: each sees every startup event
+/// exactly once, in order, and then everything from its join point, with no gap.
+#[test]
+fn seal_race_exactly_once_over_many_rounds() {
+    for round in 0..1000u64 {
+        let p = ring::ring::<u64>(cfg(256, 256));
+        let per = 20u64;
+        let go = Arc::new(std::sync::Barrier::new(4));
+        let publishers: Vec<_> = (0..2)
+            .map(|_| {
+                let (p, go) = (p.clone(), go.clone());
+                thread::spawn(move || {
+                    go.wait();
+                    for i in 0..per {
+                        p.publish(i);
+                    }
+                })
+            })
+            .collect();
+        let sealer = {
+            let (p, go) = (p.clone(), go.clone());
+            thread::spawn(move || {
+                go.wait();
+                for _ in 0..(round % 7) {
+                    thread::yield_now();
+                }
+                p.seal_startup()
+            })
+        };
+        let subscriber = {
+            let (tap, go) = (p.tap(), go.clone());
+            thread::spawn(move || {
+                go.wait();
+                for _ in 0..(round % 5) {
+                    thread::yield_now();
+                }
+                let s = tap.subscribe();
+                let join = s.cursor();
+                (s, join)
+            })
+        };
+        for h in publishers {
+            h.join().unwrap();
+        }
+        let seal = sealer.join().unwrap();
+        let (mut s, join) = subscriber.join().unwrap();
+        drop(p);
+        let mut seqs = Vec::new();
+        loop {
+            match s.try_recv() {
+                Ok(e) => seqs.push(e.seq()),
+                Err(TryRecvError::Closed) => break,
+                Err(e) => panic!("round {round}: unexpected {e}"),
+            }
+        }
+        let total = 2 * per;
+        // Joined before the seal: everything. After: startup, then from the join point.
+        let expected: Vec<u64> = if join <= seal {
+            (0..total).collect()
+        } else {
+            (0..seal).chain(join..total).collect()
+        };
+        assert_eq!(seqs, expected, "round {round}: seal {seal}, join {join}");
+    }
+}
