@@ -1,0 +1,1 @@
+//! herald-bench: load generator, baseline server and plotting helpers.

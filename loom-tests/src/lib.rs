@@ -1,0 +1,1 @@
+//! loom models of herald-core (see tests/). Built only with `--cfg herald_loom`.

@@ -1,0 +1,1 @@
+//! herald-ws: the `/ws/events` WebSocket stream over a herald-core bus.
