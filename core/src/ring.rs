@@ -40,9 +40,11 @@
 //! slot `s & mask`. A slot is one `AtomicPtr` to an [`Entry`], an `Arc` allocation that
 //! carries the value *and its sequence number*, so the pointer and its stamp change in one
 //! atomic step and a reader can never see a torn pair. A publisher installs its entry with
-//! a compare-and-swap that only replaces an entry with a *smaller* sequence number: if a
-//! publisher that claimed `s` is so slow that `s + capacity` is already in the slot, it
-//! drops its entry, and readers count `s` as missed. A reader at cursor `c` loads the slot:
+//! a `swap` and owns what comes out: normally the previous lap, which it retires. If a
+//! publisher that claimed `s` is so slow that `s + capacity` was installed first, the swap
+//! hands it that newer entry, and it swaps it back (repeating until what comes out is
+//! older than what went in), so the newest entry always ends up in the slot and `s` is
+//! counted as missed by readers that needed it. A reader at cursor `c` loads the slot:
 //! stamp `== c` is its value; stamp `< c` (or null) means `c` is not written yet; stamp
 //! `> c` means `c` was overwritten, and it skips to `tail - capacity`, the oldest value that
 //! can still be in the ring, reporting `Lagged { missed }` for exactly the skipped range.
@@ -57,19 +59,22 @@
 //! events past `startup_capacity` are not kept; a replaying subscriber gets one
 //! `Lagged { missed }` with their count after the replay.
 //!
-//! **Reclamation.** An entry replaced in a slot may still be read by a subscriber that
-//! loaded the pointer just before. Slots are therefore read and written under an
-//! epoch guard (crossbeam-epoch): a replaced entry is *retired*, and its `Arc` is released
-//! only once every guard that could have seen it is gone. Epochs were chosen over arc-swap
-//! because a publisher then does O(1) work whatever the number of threads and
-//! subscribers (arc-swap's writer scans every thread's debt list), and over hazard slots
-//! because those make publish cost grow with the number of readers. The startup segment
-//! is never overwritten and needs no reclamation: it is freed with the ring.
+//! **Reclamation.** An entry taken out of a slot may still be read by a subscriber that
+//! loaded the pointer just before. Subscribers therefore read slots under an epoch guard
+//! (crossbeam-epoch), and a publisher *retires* what it takes out: the `Arc`'s count is
+//! released only once every guard that could have seen it is gone. Publishers never read
+//! an entry they do not own (the swap above), so they pin no guard; retired entries go to
+//! a per-thread batch that is handed to the collector 32 at a time (`sync.rs`). Epochs
+//! were chosen over arc-swap because a publisher then does O(1) work whatever the number
+//! of threads and subscribers (arc-swap's writer scans every thread's debt list), and over
+//! hazard slots because those make publish cost grow with the number of readers. The
+//! startup segment is never overwritten and needs no reclamation: it is freed with the
+//! ring.
 //!
 //! **Wakeups.** A subscriber with nothing to read registers its waker in its own
 //! [`WaitNode`](wait::WaitNode), pushes the node on the `waiters` stack (a `SeqCst` CAS),
 //! issues a `SeqCst` fence and looks for a value once more before it sleeps. A publisher
-//! writes its slot with a `SeqCst` CAS and then loads `waiters` with `SeqCst`: in the single
+//! writes its slot with a `SeqCst` swap and then loads `waiters` with `SeqCst`: in the single
 //! total order of `SeqCst` operations either the publisher's load comes after the push and
 //! it wakes the subscriber, or the subscriber's re-check comes after the write and finds
 //! the value. When nobody is parked the publisher does one load and no syscall. Taking the
@@ -122,16 +127,24 @@ impl Default for RingConfig {
 /// A published value with its sequence number. Subscribers share one `Arc<Entry<T>>` per
 /// value; nothing is copied per subscriber.
 pub struct Entry<T> {
-    /// Set once, before the entry becomes reachable (published by the slot CAS).
+    /// Set once, before the entry becomes reachable (published by the slot swap).
     seq: AtomicU64,
     value: T,
 }
 
 impl<T> Entry<T> {
+    /// A new entry; its sequence number is set when it is published.
+    fn new(value: T) -> Arc<Self> {
+        Arc::new(Entry {
+            seq: AtomicU64::new(0),
+            value,
+        })
+    }
+
     /// The global sequence number (0 is the first value ever published).
     #[inline]
     pub fn seq(&self) -> u64 {
-        // Relaxed: written before the Release CAS / store that made this entry reachable,
+        // Relaxed: written before the Release swap / store that made this entry reachable,
         // which the reader's Acquire load of the pointer pairs with.
         self.seq.load(Ordering::Relaxed)
     }
@@ -301,20 +314,17 @@ pub fn ring<T: Send + Sync + 'static>(config: RingConfig) -> Publisher<T> {
 }
 
 impl<T: Send + Sync + 'static> Shared<T> {
-    /// Publishes `value`; `observe` sees the entry once it is in the ring.
+    /// Claims a sequence number for `entry`, records it in the startup segment if the
+    /// segment was open, installs it in its slot and wakes parked subscribers.
     #[inline]
-    fn publish(&self, value: T, observe: impl FnOnce(&Arc<Entry<T>>)) -> u64 {
-        let entry = Arc::new(Entry {
-            seq: AtomicU64::new(0),
-            value,
-        });
+    fn publish(&self, entry: Arc<Entry<T>>) -> u64 {
         // AcqRel: Release makes the claim part of `tail`'s modification order that the
         // seal's fetch_or and subscribers' Acquire loads of `tail` read; Acquire pairs with
         // the seal's fetch_or so that a claim after the seal sees SEALED.
         let prev = self.tail.fetch_add(1, Ordering::AcqRel);
         let seq = prev & SEQ_MASK;
         debug_assert!(prev & CLOSED == 0, "publish on a closed ring");
-        // Relaxed: published by the Release store / CAS below that makes `entry` reachable.
+        // Relaxed: published by the Release store / swap below that makes `entry` reachable.
         entry.seq.store(seq, Ordering::Relaxed);
 
         #[cfg(not(herald_mutant = "seal_ignored"))]
@@ -323,59 +333,53 @@ impl<T: Send + Sync + 'static> Shared<T> {
         let startup_open = true;
         if startup_open && (seq as usize) < self.startup.len() {
             let raw = Arc::into_raw(entry.clone()) as *mut Entry<T>;
-            // Release: pairs with the Acquire load in `Subscriber::poll_replay`.
+            // Release: pairs with the Acquire load in `Position::next_replay`.
             self.startup[seq as usize].store(raw, Ordering::Release);
         }
 
-        let guard = self.reclaim.pin();
-        let raw = Arc::into_raw(entry) as *mut Entry<T>;
-        if self.install(seq, raw, &guard) {
-            // SAFETY: the slot owns `raw`'s count; if a later lap replaces it now, it is
-            // retired under `guard`, which is still pinned, so it stays alive here.
-            observe(&std::mem::ManuallyDrop::new(unsafe { Arc::from_raw(raw) }));
-        } else {
-            // SAFETY: not installed, so we still own the count `into_raw` gave us.
-            observe(&unsafe { Arc::from_raw(raw) });
-        }
-        drop(guard);
+        self.install(seq, Arc::into_raw(entry) as *mut Entry<T>);
         self.notify();
         seq
     }
 
-    /// Puts `new` (which owns a strong count, seq `seq`) into its slot unless a later lap is
-    /// already there. Returns whether it did; if not, the caller still owns `new`.
-    fn install(&self, seq: u64, new: *mut Entry<T>, guard: &Guard<'_>) -> bool {
+    /// Puts `new` (which owns a strong count and has sequence number `seq`) into its slot.
+    ///
+    /// A `swap` rather than a compare-and-swap: the publisher never reads an entry it does
+    /// not own, so it needs no epoch guard. What comes out of the slot is ours. Normally it
+    /// is the previous lap, which we retire. If it is *newer* (we were lapped between our
+    /// claim and this swap), we put it back and take out what is there now, until what
+    /// comes out is older than what went in. Each round the entry we hold has a larger
+    /// sequence number, so the loop ends, and the newest entry always ends up in the slot.
+    /// Meanwhile a reader may briefly see our older entry: at its own cursor it delivers
+    /// it (in order), below its cursor it waits and is woken by our `notify`.
+    fn install(&self, seq: u64, new: *mut Entry<T>) {
         let slot = &self.slots[(seq & self.mask) as usize];
-        // Acquire: pairs with the CAS of the publisher that installed `cur`, so reading its
-        // seq below is ordered after that write.
-        let mut cur = slot.load(Ordering::Acquire);
+        let (mut holding, mut holding_seq) = (new, seq);
         loop {
-            // SAFETY: `cur` is null or an entry that is reachable from `slot` or was
-            // retired after `guard` was pinned, so it is not freed while `guard` lives.
-            if !cur.is_null() && unsafe { (*cur).seq() } >= seq {
-                // Lapped while publishing: a newer value owns the slot. Readers count `seq`
-                // as missed.
-                return false;
-            }
             // SeqCst: Release pairs with readers' Acquire load of the slot (they see the
-            // entry's fields); SeqCst puts the write in the total order with the `waiters`
-            // load in `notify` and the fence of a parking subscriber (module docs,
-            // "Wakeups"). Failure Acquire: as the load above.
+            // entry's fields); Acquire pairs with the swap that installed what we take
+            // out (we read its seq); SeqCst puts the write in the single total order with
+            // the `waiters` load in `notify` and a parking subscriber's fence (module docs,
+            // "Wakeups").
             #[cfg(not(herald_mutant = "relaxed_publish"))]
-            let (success, failure) = (Ordering::SeqCst, Ordering::Acquire);
+            let order = Ordering::SeqCst;
             #[cfg(herald_mutant = "relaxed_publish")]
-            let (success, failure) = (Ordering::Relaxed, Ordering::Relaxed);
-            match slot.compare_exchange_weak(cur, new, success, failure) {
-                Ok(_) => {
-                    if !cur.is_null() {
-                        // SAFETY: `cur` owned a strong count of the slot and is now
-                        // unreachable from it; readers that loaded it hold a guard.
-                        unsafe { guard.retire(cur as *const Entry<T>) };
-                    }
-                    return true;
-                }
-                Err(actual) => cur = actual,
+            let order = Ordering::Relaxed;
+            let out = slot.swap(holding, order);
+            if out.is_null() {
+                return;
             }
+            // SAFETY: the swap moved the slot's strong count of `out` to us; it stays
+            // alive at least until we give that count up.
+            let out_seq = unsafe { (*out).seq() };
+            if out_seq < holding_seq {
+                // SAFETY: we own `out`'s count and it is no longer reachable from the
+                // slot; readers that loaded it earlier hold an epoch guard.
+                unsafe { self.reclaim.retire(out as *const Entry<T>) };
+                return;
+            }
+            // Lapped: `out` is newer than what we just put in. Put it back.
+            (holding, holding_seq) = (out, out_seq);
         }
     }
 
@@ -416,16 +420,18 @@ impl<T: Send + Sync + 'static> Shared<T> {
         }
     }
 
-    fn subscriber(self: &Arc<Self>, from: Option<u64>) -> Subscriber<T> {
+    // An associated function, not a `self: &Arc<Self>` method: under `herald_loom`
+    // `Arc` is loom's, which cannot be a receiver type.
+    fn subscriber(this: &Arc<Self>, from: Option<u64>) -> Subscriber<T> {
         // Acquire: pairs with publishers' fetch_add and the seal's fetch_or.
-        let tail = self.tail.load(Ordering::Acquire);
+        let tail = this.tail.load(Ordering::Acquire);
         let join = tail & SEQ_MASK;
         let boundary = if tail & SEALED != 0 {
-            self.seal_point()
+            this.seal_point()
         } else {
             join
         };
-        let kept = boundary.min(self.startup.len() as u64);
+        let kept = boundary.min(this.startup.len() as u64);
         let (replay_next, pending_missed, cursor) = match from {
             // Replay everything kept, report what was not, then live from the join point.
             None => (0, boundary - kept, join),
@@ -434,9 +440,9 @@ impl<T: Send + Sync + 'static> Shared<T> {
             Some(seq) => (seq.min(kept), 0, seq.max(kept)),
         };
         // Relaxed: statistics only.
-        self.subscribers.fetch_add(1, Ordering::Relaxed);
+        this.subscribers.fetch_add(1, Ordering::Relaxed);
         Subscriber {
-            shared: self.clone(),
+            shared: this.clone(),
             pos: Position {
                 replay_next,
                 replay_end: kept,
@@ -491,14 +497,18 @@ impl<T: Send + Sync + 'static> Publisher<T> {
     /// subscriber; wakes parked subscribers, if any.
     #[inline]
     pub fn publish(&self, value: T) -> u64 {
-        self.shared.publish(value, |_| {})
+        self.shared.publish(Entry::new(value))
     }
 
-    /// As [`publish`](Self::publish), and calls `observe` on the publishing thread with
-    /// the shared entry once it is in the ring (before parked subscribers are woken).
+    /// As [`publish`](Self::publish), and then calls `observe` on the publishing thread
+    /// with the shared entry (already visible to subscribers). Costs one extra reference
+    /// count on the entry.
     #[inline]
     pub fn publish_observed(&self, value: T, observe: impl FnOnce(&Arc<Entry<T>>)) -> u64 {
-        self.shared.publish(value, observe)
+        let entry = Entry::new(value);
+        let seq = self.shared.publish(entry.clone());
+        observe(&entry);
+        seq
     }
 
     /// Closes the startup segment in one atomic step and returns the seal point: the number
@@ -509,14 +519,14 @@ impl<T: Send + Sync + 'static> Publisher<T> {
 
     /// A subscriber that replays the startup segment, then reads live values from now on.
     pub fn subscribe(&self) -> Subscriber<T> {
-        self.shared.subscriber(None)
+        Shared::subscriber(&self.shared, None)
     }
 
     /// A subscriber that receives every still-retained value with sequence `>= seq`
     /// (startup segment included), then live values. Values no longer retained are
     /// reported with one `Lagged` first.
     pub fn subscribe_from(&self, seq: u64) -> Subscriber<T> {
-        self.shared.subscriber(Some(seq))
+        Shared::subscriber(&self.shared, Some(seq))
     }
 
     /// A handle that can subscribe and read statistics but does not keep the ring open.
@@ -545,12 +555,15 @@ impl<T: Send + Sync + 'static> Clone for Publisher<T> {
 
 impl<T: Send + Sync + 'static> Drop for Publisher<T> {
     fn drop(&mut self) {
+        // Entries this thread overwrote wait in a small per-thread batch (see `sync`);
+        // hand them to the collector now rather than at this thread's next publish.
+        sync::flush_retired();
         // AcqRel: the last publisher acquires every other publisher's release, so all
         // their slot writes happen before the CLOSED flag below.
         if self.shared.publishers.fetch_sub(1, Ordering::AcqRel) == 1 {
             // SeqCst: Release pairs with subscribers' Acquire loads of `tail` (everything
             // published is visible once CLOSED is); SeqCst for the wakeup protocol, as the
-            // slot CAS in `install`.
+            // slot swap in `install`.
             self.shared.tail.fetch_or(CLOSED, Ordering::SeqCst);
             self.shared.notify();
         }
@@ -581,12 +594,12 @@ impl<T: Send + Sync + 'static> Clone for Tap<T> {
 impl<T: Send + Sync + 'static> Tap<T> {
     /// As [`Publisher::subscribe`].
     pub fn subscribe(&self) -> Subscriber<T> {
-        self.shared.subscriber(None)
+        Shared::subscriber(&self.shared, None)
     }
 
     /// As [`Publisher::subscribe_from`].
     pub fn subscribe_from(&self, seq: u64) -> Subscriber<T> {
-        self.shared.subscriber(Some(seq))
+        Shared::subscriber(&self.shared, Some(seq))
     }
 
     /// Current counters.
@@ -705,7 +718,7 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
     fn park(&mut self, waker: &Waker) -> Option<Result<Arc<Entry<T>>, TryRecvError>> {
         self.node.waker.register(waker);
         self.shared.waiters.push(&self.node);
-        // SeqCst: pairs with the publisher's SeqCst slot CAS and SeqCst load of `waiters`
+        // SeqCst: pairs with the publisher's SeqCst slot swap and SeqCst load of `waiters`
         // (module docs, "Wakeups").
         #[cfg(not(herald_mutant = "no_recheck"))]
         {
@@ -804,7 +817,7 @@ impl Position {
     ) -> Result<Arc<Entry<T>>, TryRecvError> {
         let slot = &shared.slots[(self.cursor & shared.mask) as usize];
         loop {
-            // Acquire: pairs with the publisher's SeqCst (Release) CAS in `install`.
+            // Acquire: pairs with the publisher's SeqCst (Release) swap in `install`.
             let p = slot.load(Ordering::Acquire);
             if !p.is_null() {
                 // SAFETY: `p` was reachable from the slot while `guard` is pinned, so even

@@ -11,11 +11,12 @@
 //!
 //! * **Reclamation.** `crossbeam-epoch`'s global collector is a process-wide static that
 //!   loom cannot reset between executions. Under loom, [`Reclaimer`] is a small
-//!   reader-counting scheme (retired pointers are freed once no guard is active) built on
-//!   loom's `Mutex`. It gives the ring the same contract (a pointer retired while a guard is
-//!   alive is not freed before that guard is dropped), so the models check how the ring
-//!   *uses* reclamation, not crossbeam-epoch's internals (which crossbeam model-checks
-//!   itself).
+//!   reader-counting scheme (a retired pointer is freed at once if no guard is alive, else
+//!   when the last live guard is dropped) built on loom's `Mutex`. It gives the ring the
+//!   same contract (a pointer retired while a guard is alive is not freed before that
+//!   guard is dropped), so the models check how the ring *uses* reclamation, not
+//!   crossbeam-epoch's internals (which crossbeam model-checks itself), nor the per-thread
+//!   batching of the normal build (which only delays the hand-over to the collector).
 //! * **`SeqCst` accesses.** loom treats `SeqCst` loads and read-modify-writes as `AcqRel`
 //!   (loom issue #180), which would make the publisher's lost-wakeup check look broken.
 //!   [`loom_seqcst_fence`] is a `SeqCst` fence under loom and nothing otherwise; under the
@@ -74,18 +75,80 @@ impl<T> UnsafeCell<T> {
     }
 }
 
-pub(crate) use reclaim::{Guard, Reclaimer};
+pub(crate) use reclaim::{Guard, Reclaimer, flush_retired};
 
 #[cfg(not(herald_loom))]
 mod reclaim {
+    use std::cell::RefCell;
+
     use super::Arc;
 
     /// Epoch-based reclamation on crossbeam-epoch's global collector. Zero-sized.
+    ///
+    /// Readers pin a guard around every access to a slot. Publishers never read an entry
+    /// they do not own, so they need no guard: an entry they take out of a slot goes into
+    /// a small per-thread batch, and each full batch is handed to the collector with *one*
+    /// `defer`. Deferring later than the unlink is always safe (a guard pinned before the
+    /// unlink is also pinned before the defer), and it keeps the publish path free of
+    /// epoch pins and of per-entry deferred closures. The price: up to `BATCH - 1`
+    /// overwritten entries per publishing thread stay alive until that thread retires
+    /// more, drops a `Publisher`, or exits.
     #[derive(Debug, Default)]
     pub(crate) struct Reclaimer;
 
-    /// While a `Guard` lives, no pointer retired after it was created is freed.
-    pub(crate) struct Guard<'a>(crossbeam_epoch::Guard, std::marker::PhantomData<&'a ()>);
+    /// While a `Guard` lives, no entry unlinked after it was pinned is freed. Held, never
+    /// read: its `Drop` unpins.
+    pub(crate) struct Guard<'a>(
+        #[allow(dead_code)] crossbeam_epoch::Guard,
+        std::marker::PhantomData<&'a ()>,
+    );
+
+    /// Entries retired per `defer`.
+    const BATCH: usize = 32;
+
+    /// A retired `Arc` and the function that releases it.
+    type Retired = (usize, unsafe fn(usize));
+
+    /// Releases one strong count of an `Arc<T>` given as an address.
+    ///
+    /// # Safety
+    /// `addr` came from `Arc::<T>::into_raw` and the caller owns that count.
+    unsafe fn release<T>(addr: usize) {
+        // SAFETY: as the function's contract says.
+        drop(unsafe { Arc::from_raw(addr as *const T) });
+    }
+
+    /// This thread's batch; flushed when full, by `flush_retired` and at thread exit.
+    struct Batch(RefCell<Vec<Retired>>);
+
+    impl Drop for Batch {
+        fn drop(&mut self) {
+            defer_all(std::mem::take(self.0.get_mut()));
+        }
+    }
+
+    thread_local! {
+        static BATCH_OF_THIS_THREAD: Batch = const { Batch(RefCell::new(Vec::new())) };
+    }
+
+    /// Hands `batch` to the collector: released once every guard pinned now is gone.
+    fn defer_all(batch: Vec<Retired>) {
+        if batch.is_empty() {
+            return;
+        }
+        let guard = crossbeam_epoch::pin();
+        // SAFETY: every entry in `batch` was unlinked from shared memory before it was
+        // retired, so only guards pinned before now can hold it; `defer_unchecked` runs
+        // the closure after all of those are dropped. The entries are `Send + Sync`
+        // (`retire`'s bound), so releasing them on another thread is sound.
+        unsafe {
+            guard.defer_unchecked(move || {
+                for (addr, release) in batch {
+                    release(addr);
+                }
+            });
+        }
+    }
 
     impl Reclaimer {
         pub(crate) fn new() -> Self {
@@ -96,25 +159,37 @@ mod reclaim {
         pub(crate) fn pin(&self) -> Guard<'_> {
             Guard(crossbeam_epoch::pin(), std::marker::PhantomData)
         }
-    }
 
-    impl Guard<'_> {
-        /// Drops the `Arc` behind `ptr` once every guard that might have seen it is gone.
+        /// Releases the `Arc` behind `ptr` once every guard that might have seen it is
+        /// gone.
         ///
         /// # Safety
-        /// `ptr` came from `Arc::into_raw`, its strong reference is owned by the caller and
+        /// `ptr` came from `Arc::into_raw`, its strong count is owned by the caller and
         /// given up here, and it is no longer reachable from shared memory, so no guard
-        /// created from now on can load it.
+        /// pinned from now on can load it.
         #[inline]
         pub(crate) unsafe fn retire<T: Send + Sync + 'static>(&self, ptr: *const T) {
-            let ptr = ptr as usize;
-            // SAFETY: the caller's contract above is exactly what `defer_unchecked` needs:
-            // the closure runs after every guard pinned before the unlink has been dropped.
-            unsafe {
-                self.0
-                    .defer_unchecked(move || drop(Arc::from_raw(ptr as *const T)));
+            let item: Retired = (ptr as usize, release::<T>);
+            let full = BATCH_OF_THIS_THREAD.try_with(|b| {
+                let mut b = b.0.borrow_mut();
+                b.push(item);
+                (b.len() >= BATCH).then(|| std::mem::replace(&mut *b, Vec::with_capacity(BATCH)))
+            });
+            match full {
+                Ok(Some(batch)) => defer_all(batch),
+                Ok(None) => {}
+                // The thread is exiting and its batch is gone: defer this one alone.
+                Err(_) => defer_all(vec![item]),
             }
         }
+    }
+
+    /// Hands this thread's partial batch to the collector now.
+    pub(crate) fn flush_retired() {
+        let batch = BATCH_OF_THIS_THREAD
+            .try_with(|b| std::mem::take(&mut *b.0.borrow_mut()))
+            .unwrap_or_default();
+        defer_all(batch);
     }
 }
 
