@@ -1,0 +1,347 @@
+//! One `/ws/events` connection, from the `101` to the closed socket.
+//!
+//! # The per-connection protocol
+//!
+//! [`stream_events`] is the whole of it, one loop in one task; read it top to bottom.
+//!
+//! 1. **started**: the first frame is always `{"event":"started","schema-version":1}`.
+//! 2. **replay, then live**: the bus subscriber was created before the `101` was sent. It
+//!    yields the startup replay (or, with `from=`, everything retained from that sequence
+//!    number), then live events, each exactly once and in publish order; replay and live
+//!    meet at a sequence number inside the bus, never compared by content.
+//! 3. **batching**: when the socket is free, the loop takes every ready event (up to
+//!    `write_batch`) and queues its *shared* encoding (`entry.json()`, or
+//!    `entry.json_with_seq()` with `seq=true`) in the [`Outbox`]; the outbox writes the
+//!    batch with vectored writes and one flush. Events filtered out by `events=` are skipped.
+//!    While a batch is being written no new events are taken: the bus keeps them, and a
+//!    client that stays behind by more than the bus capacity is lapped.
+//! 4. **lag**: when the bus lapped this client it reports how many events it skipped; the
+//!    client gets `{"event":"lagged",...,"payload":{"missed":N,"resume-seq":S}}` and delivery
+//!    continues at `S`. With [`OnLag::Close`] the connection is closed with 1008 instead
+//!    (except for a lag reported before the first live event: a `from=` point no longer
+//!    retained, or a startup segment that overflowed, which are not the client's doing).
+//!    Publishers never wait for any client.
+//! 5. **reading**: the client's frames are read all along (reads are cancel-safe and raced
+//!    against writes, so a long write never stops the reading and vice versa): pings are
+//!    answered with pongs, a close frame is answered and ends the connection, text and binary
+//!    messages are read and dropped. Messages over `max_message_size` close with 1009,
+//!    protocol errors with 1002, text that is not UTF-8 with 1007 ([`Parser`]).
+//! 6. **liveness**: a client the server has heard nothing from for `ping_interval` is pinged;
+//!    one that does not answer within `ping_timeout` is dropped. A client that stopped
+//!    reading altogether cannot receive the ping either, so it is dropped too.
+//! 7. **closing**: on server shutdown (or when the bus closes) the connection sends close
+//!    1001 after what is already queued, waits up to [`CLOSE_TIMEOUT`] for the client's
+//!    close frame, and drops the socket. After the client's close frame, the server answers
+//!    and drops the socket at once (RFC 6455: the server closes TCP first).
+//!
+//! When the function returns, everything the connection owned is dropped with it: the
+//! subscriber (so the bus's subscriber count goes down), both socket halves, the buffers.
+//! It spawns no task.
+
+use std::future::poll_fn;
+
+use bytes::{Bytes, BytesMut};
+use herald_core::bus::{BusEntry, BusSubscriber};
+use herald_core::event::{lagged_message, started_message};
+use herald_core::ring::RecvError;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use std::sync::Arc;
+
+use crate::frame::{Inbound, Outbox, Parser, close_code};
+use crate::metrics::{self, Metrics};
+use crate::query::Extensions;
+use crate::server::{CLOSE_TIMEOUT, OnLag, ServerConfig, Shared};
+
+/// The connection stops reading the client while this many of its control frames (pongs,
+/// close) wait to be written: a client that pings without reading cannot grow the queue.
+const MAX_QUEUED_CONTROLS: usize = 32;
+
+/// Bytes read from the socket per `read` call, at least.
+const READ_CHUNK: usize = 4096;
+
+/// Runs a connection on the upgraded socket. Takes the TCP stream apart when the server is
+/// hyper over a plain `TcpStream` (the usual case: owned halves, no lock between reader and
+/// writer); any other transport is split generically.
+pub(crate) async fn run(
+    io: TokioIo<Upgraded>,
+    subscriber: BusSubscriber,
+    extensions: Extensions,
+    shutdown: watch::Receiver<bool>,
+    shared: &Arc<Shared>,
+) {
+    let (config, metrics) = (&shared.config, &*shared.metrics);
+    match io.into_inner().downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            let (reader, writer) = parts.io.into_inner().into_split();
+            // Bytes the client sent right after its request, read by hyper already.
+            let input = BytesMut::from(&parts.read_buf[..]);
+            stream_events(
+                reader, writer, input, subscriber, extensions, config, metrics, shutdown,
+            )
+            .await;
+        }
+        Err(upgraded) => {
+            let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
+            stream_events(
+                reader,
+                writer,
+                BytesMut::new(),
+                subscriber,
+                extensions,
+                config,
+                metrics,
+                shutdown,
+            )
+            .await;
+        }
+    }
+}
+
+/// Where the connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Sending events.
+    Streaming,
+    /// Our close frame is queued: write what is queued, then wait for the client's close
+    /// frame (if `wait_for_peer`) until `deadline`, then drop the socket.
+    Closing {
+        deadline: Instant,
+        wait_for_peer: bool,
+    },
+}
+
+/// Streams events to one client until the connection ends (module docs).
+#[allow(clippy::too_many_arguments)]
+pub(crate) async fn stream_events<R, W>(
+    mut reader: R,
+    mut writer: W,
+    mut input: BytesMut,
+    subscriber: BusSubscriber,
+    extensions: Extensions,
+    config: &ServerConfig,
+    metrics: &Metrics,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    // Events with a sequence number at or past this came from the live ring, not replay.
+    let live_from = subscriber.cursor();
+    let mut live = false;
+    let mut subscriber = Some(subscriber);
+    let mut batch: Vec<Arc<BusEntry>> = Vec::with_capacity(config.write_batch);
+    let mut outbox = Outbox::new();
+    let mut parser = Parser::new(config.max_message_size);
+    let mut phase = Phase::Streaming;
+    let mut peer_closed = false; // the client's close frame arrived
+    let mut read_open = true; // the client has not closed its side of the TCP connection
+    let mut last_heard = Instant::now();
+    let mut ping_sent: Option<(Instant, Bytes)> = None; // our unanswered ping
+    let mut pings = 0u64;
+    let timer = tokio::time::sleep_until(last_heard + config.ping_interval);
+    tokio::pin!(timer);
+
+    // 1. The handshake message, always first.
+    outbox.push_notice(started_message());
+
+    // Closing is "queue a close frame, stop taking events" (dropping the subscriber right
+    // away, so the bus stops counting this client).
+    macro_rules! begin_close {
+        ($code:expr, $reason:expr, $wait_for_peer:expr) => {{
+            outbox.push_close($code, $reason);
+            subscriber = None;
+            phase = Phase::Closing {
+                deadline: Instant::now() + CLOSE_TIMEOUT,
+                wait_for_peer: $wait_for_peer,
+            };
+        }};
+    }
+
+    loop {
+        // 5. Handle every complete client frame read so far.
+        while read_open {
+            match parser.next(&mut input) {
+                Ok(None) => break,
+                Ok(Some(frame)) => {
+                    last_heard = Instant::now();
+                    match frame {
+                        Inbound::Ping(payload) => {
+                            if phase == Phase::Streaming {
+                                outbox.push_pong(payload);
+                            }
+                        }
+                        Inbound::Pong(payload) => {
+                            if ping_sent.as_ref().is_some_and(|(_, p)| *p == payload) {
+                                ping_sent = None;
+                            }
+                        }
+                        Inbound::Message => {} // clients send no commands
+                        Inbound::Close(code) => {
+                            peer_closed = true;
+                            if phase == Phase::Streaming {
+                                // Echo the client's code (RFC 6455 5.5.1), then close TCP.
+                                begin_close!(code, "", false);
+                            }
+                            read_open = false; // nothing may follow a close frame
+                        }
+                    }
+                }
+                Err(violation) => {
+                    if phase == Phase::Streaming {
+                        metrics::add(&metrics.protocol_errors, 1);
+                        tracing::debug!(
+                            code = violation.code,
+                            reason = violation.reason,
+                            "closing: client broke the protocol"
+                        );
+                        begin_close!(Some(violation.code), violation.reason, false);
+                    }
+                    read_open = false; // fail the connection: read no further
+                }
+            }
+        }
+
+        // 7. Done: our close frame is out, and the client answered it or is not expected to.
+        if let Phase::Closing { wait_for_peer, .. } = phase
+            && outbox.is_empty()
+            && (!wait_for_peer || peer_closed || !read_open)
+        {
+            return;
+        }
+
+        // 6. The next timer deadline: closing, the ping's answer, or the next ping.
+        let deadline = match (phase, &ping_sent) {
+            (Phase::Closing { deadline, .. }, _) => deadline,
+            (Phase::Streaming, Some((sent, _))) => *sent + config.ping_timeout,
+            (Phase::Streaming, None) => last_heard + config.ping_interval,
+        };
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+
+        tokio::select! {
+            biased;
+
+            // 7. Server shutdown.
+            changed = shutdown.changed(), if phase == Phase::Streaming => {
+                if changed.is_err() || *shutdown.borrow() {
+                    begin_close!(Some(close_code::GOING_AWAY), "server shutting down", true);
+                }
+            }
+
+            // 6. Timers.
+            () = &mut timer => {
+                let now = Instant::now();
+                match phase {
+                    Phase::Closing { .. } => return, // the client never finished closing
+                    Phase::Streaming if ping_sent.is_some() => {
+                        metrics::add(&metrics.ping_timeouts, 1);
+                        tracing::debug!("dropping a client that did not answer a ping");
+                        return;
+                    }
+                    Phase::Streaming if now >= last_heard + config.ping_interval => {
+                        pings += 1;
+                        let payload = Bytes::copy_from_slice(&pings.to_be_bytes());
+                        outbox.push_ping(payload.clone());
+                        ping_sent = Some((now, payload));
+                    }
+                    Phase::Streaming => {} // heard from the client since: the deadline moves
+                }
+            }
+
+            // 3. Write what is queued (cancel-safe: progress is kept in the outbox).
+            drained = poll_fn(|cx| outbox.poll_drain(cx, &mut writer)), if !outbox.is_empty() => {
+                match drained {
+                    Ok(d) => {
+                        metrics::add(&metrics.events_delivered, d.events);
+                        metrics::add(&metrics.bytes_sent, d.bytes);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "write failed");
+                        return;
+                    }
+                }
+            }
+
+            // 5. Read from the client (cancel-safe).
+            read = read_more(&mut reader, &mut input),
+                if read_open && outbox.controls() < MAX_QUEUED_CONTROLS =>
+            {
+                match read {
+                    Ok(0) => {
+                        // The client closed TCP without a close frame (or after ours).
+                        if phase == Phase::Streaming {
+                            tracing::debug!("client went away without a close frame");
+                            return;
+                        }
+                        read_open = false;
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::debug!(error = %e, "read failed");
+                        return;
+                    }
+                }
+            }
+
+            // 2-4. The next events, once the previous batch is written.
+            received = next_batch(&mut subscriber, &mut batch, config.write_batch),
+                if outbox.is_empty() =>
+            {
+                match received {
+                    Ok(_) => {
+                        for entry in batch.drain(..) {
+                            live |= entry.seq() >= live_from;
+                            if extensions.events.contains(entry.kind()) {
+                                let json = if extensions.seq { entry.json_with_seq() } else { entry.json() };
+                                outbox.push_event(json.clone());
+                            }
+                        }
+                    }
+                    Err(RecvError::Lagged { missed, resume_seq }) => {
+                        metrics::add(&metrics.lagged_events, missed);
+                        if config.on_lag == OnLag::Close && live {
+                            metrics::add(&metrics.lag_closes, 1);
+                            let reason = format!("client too slow: missed {missed} events");
+                            begin_close!(Some(close_code::POLICY_VIOLATION), &reason, true);
+                        } else {
+                            metrics::add(&metrics.lagged_notices, 1);
+                            outbox.push_notice(lagged_message(missed, resume_seq));
+                        }
+                    }
+                    Err(RecvError::Closed) => {
+                        begin_close!(Some(close_code::GOING_AWAY), "event bus closed", true);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Reads more client bytes into `input`. Cancel-safe (`read_buf` is).
+async fn read_more<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    input: &mut BytesMut,
+) -> std::io::Result<usize> {
+    input.reserve(READ_CHUNK);
+    reader.read_buf(input).await
+}
+
+/// Waits for the next events; never ready once the subscriber is gone. Cancel-safe
+/// (`recv_many` is).
+async fn next_batch(
+    subscriber: &mut Option<BusSubscriber>,
+    batch: &mut Vec<Arc<BusEntry>>,
+    max: usize,
+) -> Result<usize, RecvError> {
+    match subscriber {
+        Some(subscriber) => subscriber.recv_many(batch, max).await,
+        None => std::future::pending().await,
+    }
+}

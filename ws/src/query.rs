@@ -1,0 +1,332 @@
+//! The query string of `/ws/events`: the opt-in extensions of SPEC section 4.
+//!
+//! | parameter | values | effect |
+//! |---|---|---|
+//! | `events` | comma-separated event type names | only these types (replay included) |
+//! | `seq` | `true` or `false` | `"seq": n` in every event envelope |
+//! | `from` | a sequence number (`u64`) | resume from that sequence number |
+//!
+//! Anything else is refused: an unknown parameter, a parameter given twice, an unknown event
+//! name, an empty list, `seq` other than `true`/`false`, `from` that is not a non-negative
+//! integer, or malformed percent-encoding. The error's message names the parameter and the
+//! valid values, and becomes the body of the `400` answer.
+
+use std::fmt;
+
+use herald_core::event::{EventKind, UnknownEventKind};
+
+/// The parameters `/ws/events` accepts, for error messages.
+pub const PARAMETERS: &str = "events, seq, from";
+
+/// A set of event types, one bit per [`EventKind::index`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct EventFilter(u16);
+
+impl EventFilter {
+    /// Every event type: the default stream.
+    pub const ALL: EventFilter = EventFilter((1 << EventKind::ALL.len()) - 1);
+
+    /// No event type.
+    pub const NONE: EventFilter = EventFilter(0);
+
+    /// This set plus `kind`.
+    #[must_use]
+    pub const fn with(self, kind: EventKind) -> Self {
+        EventFilter(self.0 | 1 << kind.index())
+    }
+
+    /// Whether `kind` is in the set.
+    #[inline]
+    #[must_use]
+    pub const fn contains(self, kind: EventKind) -> bool {
+        self.0 & (1 << kind.index()) != 0
+    }
+}
+
+impl fmt::Debug for EventFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set()
+            .entries(
+                EventKind::ALL
+                    .iter()
+                    .filter(|k| self.contains(**k))
+                    .map(|k| k.as_str()),
+            )
+            .finish()
+    }
+}
+
+/// What a client asked for in the query string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extensions {
+    /// Event types to deliver (`events=`); [`EventFilter::ALL`] when absent.
+    pub events: EventFilter,
+    /// Whether envelopes carry `"seq"` (`seq=true`).
+    pub seq: bool,
+    /// Resume point (`from=`); `None`: startup replay, then live.
+    pub from: Option<u64>,
+}
+
+impl Default for Extensions {
+    fn default() -> Self {
+        Self {
+            events: EventFilter::ALL,
+            seq: false,
+            from: None,
+        }
+    }
+}
+
+/// A query string `/ws/events` refuses. Its `Display` is the body of the `400` answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueryError {
+    /// A parameter `/ws/events` does not know.
+    UnknownParameter(String),
+    /// A parameter given more than once.
+    Repeated(&'static str),
+    /// `events=` names an unknown event type.
+    UnknownEvent(UnknownEventKind),
+    /// `events=` is empty or has an empty name (`events=a,,b`).
+    EmptyEventName,
+    /// `seq=` is neither `true` nor `false`.
+    BadSeq(String),
+    /// `from=` is not a non-negative integer.
+    BadFrom(String),
+    /// Malformed percent-encoding in `parameter`.
+    BadEncoding(String),
+}
+
+impl fmt::Display for QueryError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            QueryError::UnknownParameter(name) => write!(
+                f,
+                "bad query parameter `{name}`: unknown parameter; valid parameters: {PARAMETERS}"
+            ),
+            QueryError::Repeated(name) => {
+                write!(f, "bad query parameter `{name}`: given more than once")
+            }
+            QueryError::UnknownEvent(e) => write!(f, "bad query parameter `events`: {e}"),
+            QueryError::EmptyEventName => {
+                f.write_str("bad query parameter `events`: empty event type name; valid types: ")?;
+                write_kinds(f)
+            }
+            QueryError::BadSeq(v) => write!(
+                f,
+                "bad query parameter `seq`: `{v}`; valid values: true, false"
+            ),
+            QueryError::BadFrom(v) => write!(
+                f,
+                "bad query parameter `from`: `{v}`; valid values: a sequence number, an integer from 0 to {}",
+                u64::MAX
+            ),
+            QueryError::BadEncoding(name) => write!(
+                f,
+                "bad query parameter `{name}`: malformed percent-encoding"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for QueryError {}
+
+fn write_kinds(f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    for (i, kind) in EventKind::ALL.iter().enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        f.write_str(kind.as_str())?;
+    }
+    Ok(())
+}
+
+/// Parses the query string of a `/ws/events` request (`None`: no `?` at all).
+///
+/// # Errors
+///
+/// A [`QueryError`] naming the parameter and its valid values (module docs).
+pub fn parse(query: Option<&str>) -> Result<Extensions, QueryError> {
+    let mut ext = Extensions::default();
+    let (mut seen_events, mut seen_seq, mut seen_from) = (false, false, false);
+    let Some(query) = query else {
+        return Ok(ext);
+    };
+    // Empty segments (`?`, `?a=1&&b=2`, a trailing `&`) carry nothing and are skipped.
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (raw_name, raw_value) = pair.split_once('=').unwrap_or((pair, ""));
+        let name = decode(raw_name).map_err(|()| QueryError::BadEncoding(raw_name.to_owned()))?;
+        match name.as_str() {
+            "events" => {
+                once(&mut seen_events, "events")?;
+                let value = decode(raw_value).map_err(|()| QueryError::BadEncoding(name))?;
+                let mut set = EventFilter::NONE;
+                for item in value.split(',') {
+                    if item.is_empty() {
+                        return Err(QueryError::EmptyEventName);
+                    }
+                    let kind = item
+                        .parse::<EventKind>()
+                        .map_err(QueryError::UnknownEvent)?;
+                    set = set.with(kind);
+                }
+                ext.events = set;
+            }
+            "seq" => {
+                once(&mut seen_seq, "seq")?;
+                let value = decode(raw_value).map_err(|()| QueryError::BadEncoding(name))?;
+                ext.seq = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(QueryError::BadSeq(value)),
+                };
+            }
+            "from" => {
+                once(&mut seen_from, "from")?;
+                let value = decode(raw_value).map_err(|()| QueryError::BadEncoding(name))?;
+                // `u64::from_str` accepts a leading `+`; a sequence number is plain digits.
+                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(QueryError::BadFrom(value));
+                }
+                ext.from = Some(value.parse().map_err(|_| QueryError::BadFrom(value))?);
+            }
+            _ => return Err(QueryError::UnknownParameter(name)),
+        }
+    }
+    Ok(ext)
+}
+
+fn once(seen: &mut bool, name: &'static str) -> Result<(), QueryError> {
+    if std::mem::replace(seen, true) {
+        Err(QueryError::Repeated(name))
+    } else {
+        Ok(())
+    }
+}
+
+/// Percent-decodes `s` (`%2C` is `,`; `+` is a space, as in HTML forms). `Err` on a `%`
+/// not followed by two hex digits, or on bytes that are not UTF-8 once decoded.
+fn decode(s: &str) -> Result<String, ()> {
+    if !s.contains(['%', '+']) {
+        return Ok(s.to_owned());
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).ok_or(())?;
+                let hi = (hex[0] as char).to_digit(16).ok_or(())?;
+                let lo = (hex[1] as char).to_digit(16).ok_or(())?;
+                out.push((hi * 16 + lo) as u8);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_stream_without_query() {
+        assert_eq!(parse(None), Ok(Extensions::default()));
+        assert_eq!(parse(Some("")), Ok(Extensions::default()));
+        assert_eq!(parse(Some("&&")), Ok(Extensions::default()));
+    }
+
+    #[test]
+    fn all_three_extensions() {
+        let ext = parse(Some("events=block-added,block-finalised&seq=true&from=42")).unwrap();
+        assert!(ext.events.contains(EventKind::BlockAdded));
+        assert!(ext.events.contains(EventKind::BlockFinalised));
+        assert!(!ext.events.contains(EventKind::BlockCreated));
+        assert!(ext.seq);
+        assert_eq!(ext.from, Some(42));
+        assert!(!parse(Some("seq=false")).unwrap().seq);
+        assert_eq!(
+            parse(Some(&format!("from={}", u64::MAX))).unwrap().from,
+            Some(u64::MAX)
+        );
+    }
+
+    #[test]
+    fn percent_encoded_comma() {
+        let ext = parse(Some("events=block-added%2cnode-started")).unwrap();
+        assert_eq!(
+            ext.events,
+            EventFilter::NONE
+                .with(EventKind::BlockAdded)
+                .with(EventKind::NodeStarted)
+        );
+    }
+
+    #[test]
+    fn every_kind_fits_the_mask() {
+        for kind in EventKind::ALL {
+            assert!(EventFilter::ALL.contains(kind));
+            assert!(!EventFilter::NONE.contains(kind));
+            assert!(EventFilter::NONE.with(kind).contains(kind));
+        }
+    }
+
+    #[test]
+    fn errors_name_the_parameter_and_valid_values() {
+        let cases: &[(&str, &str)] = &[
+            (
+                "events=block-added,nope",
+                "bad query parameter `events`: unknown event type `nope`; valid types: node-started, sent-unapproved-block, block-approval-received, sent-approved-block, approved-block-received, entered-running-state, block-created, block-added, block-finalised, transfers-available",
+            ),
+            (
+                "events=",
+                "bad query parameter `events`: empty event type name; valid types: node-started, sent-unapproved-block, block-approval-received, sent-approved-block, approved-block-received, entered-running-state, block-created, block-added, block-finalised, transfers-available",
+            ),
+            (
+                "seq=yes",
+                "bad query parameter `seq`: `yes`; valid values: true, false",
+            ),
+            (
+                "seq",
+                "bad query parameter `seq`: ``; valid values: true, false",
+            ),
+            (
+                "from=-1",
+                "bad query parameter `from`: `-1`; valid values: a sequence number, an integer from 0 to 18446744073709551615",
+            ),
+            (
+                "from=18446744073709551616",
+                "bad query parameter `from`: `18446744073709551616`; valid values: a sequence number, an integer from 0 to 18446744073709551615",
+            ),
+            (
+                "from=%2B3",
+                "bad query parameter `from`: `+3`; valid values: a sequence number, an integer from 0 to 18446744073709551615",
+            ),
+            (
+                "colour=red",
+                "bad query parameter `colour`: unknown parameter; valid parameters: events, seq, from",
+            ),
+            (
+                "seq=true&seq=true",
+                "bad query parameter `seq`: given more than once",
+            ),
+            (
+                "events=%zz",
+                "bad query parameter `events`: malformed percent-encoding",
+            ),
+        ];
+        for (query, message) in cases {
+            let err = parse(Some(query)).unwrap_err();
+            assert_eq!(err.to_string(), *message, "query {query:?}");
+        }
+    }
+}

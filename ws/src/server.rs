@@ -1,0 +1,419 @@
+//! The `/ws/events` server: configuration, the standalone [`serve`] loop, and
+//! [`EventsService`] for mounting the endpoint in an existing hyper (or, with the `axum`
+//! feature, axum) server.
+//!
+//! ```no_run
+//! use herald_core::bus::Bus;
+//! use herald_ws::{serve, ServerConfig};
+//!
+//! # async fn run() -> std::io::Result<()> {
+//! let bus = Bus::default();
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:40403").await?;
+//! serve(listener, bus.tap(), ServerConfig::default(), async {
+//!     let _ = tokio::signal::ctrl_c().await;
+//! })
+//! .await
+//! # }
+//! ```
+//!
+//! Who does what: [`crate::http`] answers every HTTP request (SPEC section 1) and, for a valid
+//! upgrade, subscribes to the bus and spawns the connection; [`crate::conn`] runs it
+//! (SPEC sections 2 to 5); [`crate::metrics`] counts.
+
+use std::convert::Infallible;
+use std::fmt;
+use std::future::{Future, Ready, ready};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+use herald_core::bus::BusTap;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+pub use crate::metrics::Metrics;
+
+/// How long [`serve`] waits for connections to finish their close handshakes after the
+/// shutdown signal. Connections give up on their own after [`CLOSE_TIMEOUT`].
+const SHUTDOWN_GRACE: Duration = Duration::from_millis(1800);
+
+/// How long a connection that sent its close frame waits for the client's before it drops
+/// the TCP connection.
+pub(crate) const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What the server does with a client the bus had to skip events for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum OnLag {
+    /// Send the `lagged` notice (SPEC section 4) and carry on.
+    #[default]
+    Notify,
+    /// Close the connection with 1008. A lag reported before the client received its first
+    /// live event (its `from=` point is no longer retained, or the startup segment
+    /// overflowed) is not the client's doing and is still sent as a notice.
+    Close,
+}
+
+impl fmt::Display for OnLag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OnLag::Notify => "notify",
+            OnLag::Close => "close",
+        })
+    }
+}
+
+/// An `--on-lag` value other than `notify` or `close`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownOnLag(pub String);
+
+impl fmt::Display for UnknownOnLag {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown on-lag policy `{}`; valid values: notify, close",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for UnknownOnLag {}
+
+impl FromStr for OnLag {
+    type Err = UnknownOnLag;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "notify" => Ok(OnLag::Notify),
+            "close" => Ok(OnLag::Close),
+            _ => Err(UnknownOnLag(s.to_owned())),
+        }
+    }
+}
+
+/// Settings of a `/ws/events` server.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    /// Most open streams; requests beyond it are answered `503`. Default 10,000.
+    pub max_connections: usize,
+    /// A TCP connection that has not sent a complete HTTP request head within this time is
+    /// closed ([`serve`] only; an embedding server sets its own). Default 10 s.
+    pub handshake_timeout: Duration,
+    /// A client the server has heard nothing from for this long is pinged. Default 20 s.
+    pub ping_interval: Duration,
+    /// A client that has not answered a ping within this time is dropped. Default 10 s.
+    pub ping_timeout: Duration,
+    /// Largest client message, in bytes; larger ones are closed with 1009. Default 4096.
+    pub max_message_size: usize,
+    /// What to do with a client that lags. Default [`OnLag::Notify`].
+    pub on_lag: OnLag,
+    /// Most events one connection writes per flush. Default 128.
+    pub write_batch: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(20),
+            ping_timeout: Duration::from_secs(10),
+            max_message_size: 4096,
+            on_lag: OnLag::Notify,
+            write_batch: 128,
+        }
+    }
+}
+
+/// A [`ServerConfig`] value that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError(String);
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl ServerConfig {
+    /// Checks that every value can work: durations and sizes must be non-zero.
+    ///
+    /// # Errors
+    ///
+    /// A [`ConfigError`] naming the first bad field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let zero = |name: &str| Err(ConfigError(format!("{name} must be greater than zero")));
+        if self.handshake_timeout.is_zero() {
+            return zero("handshake_timeout");
+        }
+        if self.ping_interval.is_zero() {
+            return zero("ping_interval");
+        }
+        if self.ping_timeout.is_zero() {
+            return zero("ping_timeout");
+        }
+        if self.write_batch == 0 {
+            return zero("write_batch");
+        }
+        Ok(())
+    }
+
+    /// This config with every zero that [`validate`](Self::validate) refuses raised to the
+    /// smallest working value (1 ms, 1 event).
+    fn clamped(mut self) -> Self {
+        let min = Duration::from_millis(1);
+        self.handshake_timeout = self.handshake_timeout.max(min);
+        self.ping_interval = self.ping_interval.max(min);
+        self.ping_timeout = self.ping_timeout.max(min);
+        self.write_batch = self.write_batch.max(1);
+        self
+    }
+}
+
+/// State shared by an [`EventsService`], its clones and its connections.
+pub(crate) struct Shared {
+    pub(crate) bus: BusTap,
+    pub(crate) config: ServerConfig,
+    pub(crate) metrics: Arc<Metrics>,
+    /// `true` once shutdown began: connections close with 1001, new ones are refused.
+    pub(crate) shutdown: watch::Sender<bool>,
+    /// Notified when the last stream ends.
+    idle: Notify,
+}
+
+/// One of `max_connections` stream slots, held from the `101` answer until the connection
+/// ends. Counted in [`Metrics::connections`].
+pub(crate) struct StreamSlot {
+    shared: Arc<Shared>,
+}
+
+impl StreamSlot {
+    /// Takes a slot, or `None` when `max_connections` are taken.
+    pub(crate) fn acquire(shared: &Arc<Shared>) -> Option<StreamSlot> {
+        let max = shared.config.max_connections as u64;
+        // Relaxed: the count only bounds itself; nothing else is published through it.
+        let taken =
+            shared
+                .metrics
+                .connections
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    (n < max).then_some(n + 1)
+                });
+        taken.ok().map(|_| StreamSlot {
+            shared: shared.clone(),
+        })
+    }
+}
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        // AcqRel: pairs with the Acquire load in `EventsService::wait_idle`, so a waiter
+        // that sees 0 sees every stream's teardown (its subscriber dropped) before it.
+        if self
+            .shared
+            .metrics
+            .connections
+            .fetch_sub(1, Ordering::AcqRel)
+            == 1
+        {
+            self.shared.idle.notify_waiters();
+        }
+    }
+}
+
+/// A hyper service answering `/ws/events`, `/metrics` and `/healthz` (anything else: `404`),
+/// to mount in an existing hyper server. Clones share connections, limit and metrics.
+///
+/// ```no_run
+/// use herald_core::bus::Bus;
+/// use herald_ws::{EventsService, ServerConfig};
+/// use hyper::server::conn::http1;
+/// use hyper_util::rt::TokioIo;
+///
+/// # async fn run() -> std::io::Result<()> {
+/// let bus = Bus::default();
+/// let service = EventsService::new(bus.tap(), ServerConfig::default());
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// loop {
+///     let (tcp, _) = listener.accept().await?;
+///     let service = service.clone();
+///     tokio::spawn(async move {
+///         // `with_upgrades` is required for the WebSocket upgrade.
+///         let _ = http1::Builder::new()
+///             .serve_connection(TokioIo::new(tcp), service)
+///             .with_upgrades()
+///             .await;
+///     });
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct EventsService {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for EventsService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventsService")
+            .field("config", &self.shared.config)
+            .field("metrics", &self.shared.metrics)
+            .finish()
+    }
+}
+
+impl EventsService {
+    /// A service streaming `bus`. Zero durations or `write_batch` in `config` (which
+    /// [`ServerConfig::validate`] refuses) are raised to 1 ms and 1 event.
+    pub fn new(bus: BusTap, config: ServerConfig) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                bus,
+                config: config.clamped(),
+                metrics: Arc::new(Metrics::default()),
+                shutdown: watch::Sender::new(false),
+                idle: Notify::new(),
+            }),
+        }
+    }
+
+    /// The counters of this service and its connections.
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.shared.metrics.clone()
+    }
+
+    /// Closes every open stream with 1001 and answers later `/ws/events` requests with `503`.
+    pub fn shutdown(&self) {
+        self.shared.shutdown.send_replace(true);
+    }
+
+    /// Waits until no stream is open, or `timeout` passed; returns whether none is open.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.shared.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a last stream ending in between wakes us.
+            notified.as_mut().enable();
+            // Acquire: pairs with the AcqRel decrement in `StreamSlot::drop`.
+            if self.shared.metrics.connections.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Answers one request, whatever its body type (for other frameworks). A `101` answer
+    /// has spawned the task that streams the connection once the server hands it over.
+    pub fn handle<B>(&self, request: Request<B>) -> Response<Full<Bytes>> {
+        crate::http::respond(&self.shared, request)
+    }
+
+    /// An axum router serving `/ws/events`, `/metrics` and `/healthz` with this service;
+    /// merge or nest it into an app served with `axum::serve`.
+    #[cfg(feature = "axum")]
+    pub fn axum_router(&self) -> axum::Router {
+        use axum::routing::any;
+        let service = self.clone();
+        let handler = move |request: axum::extract::Request| {
+            let service = service.clone();
+            async move { service.handle(request) }
+        };
+        axum::Router::new()
+            .route("/ws/events", any(handler.clone()))
+            .route("/metrics", any(handler.clone()))
+            .route("/healthz", any(handler))
+    }
+}
+
+impl hyper::service::Service<Request<Incoming>> for EventsService {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Ready<Result<Self::Response, Infallible>>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        ready(Ok(self.handle(request)))
+    }
+}
+
+/// An axum router serving `/ws/events`, `/metrics` and `/healthz` from `bus`, to merge or
+/// nest into an existing app (`app.merge(axum_router(bus, config))`).
+#[cfg(feature = "axum")]
+pub fn axum_router(bus: BusTap, config: ServerConfig) -> axum::Router {
+    EventsService::new(bus, config).axum_router()
+}
+
+/// Accepts on `listener` until `shutdown` resolves, then closes every connection with 1001
+/// and returns within 2 s.
+///
+/// # Errors
+///
+/// `InvalidInput` when `config` fails [`ServerConfig::validate`]. Accept errors (such as
+/// running out of file descriptors) are logged and retried, never returned.
+pub async fn serve(
+    listener: TcpListener,
+    bus: BusTap,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    config
+        .validate()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(config.handshake_timeout)
+        .max_buf_size(16 * 1024);
+    let service = EventsService::new(bus, config);
+    // HTTP connections before their upgrade (or serving /metrics and /healthz).
+    let mut handshakes = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    // Frames are batched by the connection; send each batch at once.
+                    let _ = tcp.set_nodelay(true);
+                    let connection = http
+                        .serve_connection(TokioIo::new(tcp), service.clone())
+                        .with_upgrades();
+                    handshakes.spawn(async move {
+                        if let Err(e) = connection.await {
+                            tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                        }
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off briefly instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+        }
+    }
+    let started = Instant::now();
+    drop(listener);
+    service.shutdown();
+    // Requests still in their handshake are dropped; streams get their 1001.
+    handshakes.shutdown().await;
+    let remaining = SHUTDOWN_GRACE.saturating_sub(started.elapsed());
+    if !service.wait_idle(remaining).await {
+        tracing::warn!(
+            open = service.metrics().snapshot().connections,
+            "connections still closing at shutdown deadline"
+        );
+    }
+    Ok(())
+}
