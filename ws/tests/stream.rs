@@ -1,0 +1,313 @@
+//! SPEC sections 2 to 4 over real sockets: started, replay, live, exactly once and in order,
+//! the exact envelope bytes, `events=`, `seq=true`, `from=`, and lag (notice or 1008).
+
+mod common;
+
+use common::*;
+use herald_core::bus::{Bus, BusConfig};
+use herald_core::event::{Event, ServerMessage, lagged_message};
+use herald_ws::{OnLag, ServerConfig};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn started_then_replay_then_live_exactly_once_in_order() {
+    let server = TestServer::start(node(1024), ServerConfig::default()).await;
+    // Published after the seal but before the client subscribed: neither replay nor live.
+    server.bus.publish(live_event(0));
+    server.bus.publish(live_event(1));
+
+    let mut client = Client::connect(server.addr, "/ws/events").await;
+    client.expect_started().await;
+    client.expect_events(&startup_events()).await;
+
+    // Live events from another thread, while the client reads: every one, once, in order,
+    // byte for byte the shared encoding.
+    let live: Vec<Event> = (2..502).map(live_event).collect();
+    let publisher = {
+        let (bus, live) = (server.bus.clone(), live.clone());
+        std::thread::spawn(move || {
+            for e in live {
+                bus.publish(e);
+            }
+        })
+    };
+    client.expect_events(&live).await;
+    publisher.join().unwrap();
+
+    // Nothing more: the next frame is the answer to our ping, not a stray event.
+    client.send(true, OP_PING, b"end").await;
+    let next = client.frame().await;
+    assert_eq!((next.opcode, &next.payload[..]), (OP_PONG, &b"end"[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_and_live_meet_without_overlap_before_the_seal() {
+    let bus = Bus::new(BusConfig {
+        capacity: 1024,
+        startup_capacity: 64,
+    });
+    let startup = startup_events();
+    bus.publish(startup[0].clone());
+    bus.publish(startup[1].clone());
+    let server = TestServer::start(bus, ServerConfig::default()).await;
+
+    // Joins while the startup segment is open: the first two are replay, the rest live.
+    let mut client = Client::connect(server.addr, "/ws/events").await;
+    server.bus.publish(startup[2].clone());
+    assert_eq!(server.bus.seal_startup(), 3);
+    let live: Vec<Event> = (0..20).map(live_event).collect();
+    for e in &live {
+        server.bus.publish(e.clone());
+    }
+    client.expect_started().await;
+    client.expect_events(&startup).await;
+    client.expect_events(&live).await;
+
+    // A client joining now replays the sealed startup segment, then only new events.
+    let mut late = Client::connect(server.addr, "/ws/events").await;
+    server.bus.publish(live_event(20));
+    late.expect_started().await;
+    late.expect_events(&startup).await;
+    late.expect_events(&[live_event(20)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_filter_applies_to_replay_and_live() {
+    let server = TestServer::start(node(1024), ServerConfig::default()).await;
+    let mut client = Client::connect(
+        server.addr,
+        "/ws/events?events=entered-running-state,block-finalised",
+    )
+    .await;
+    let live: Vec<Event> = (0..30).map(live_event).collect();
+    for e in &live {
+        server.bus.publish(e.clone());
+    }
+    client.expect_started().await;
+    let mut expected = vec![startup_events()[2].clone()];
+    expected.extend(
+        live.iter()
+            .filter(|e| matches!(e, Event::BlockFinalised(_)))
+            .cloned(),
+    );
+    assert_eq!(expected.len(), 11);
+    client.expect_events(&expected).await;
+
+    // Nothing else was sent.
+    client.send(true, OP_PING, b"x").await;
+    assert_eq!(client.frame().await.opcode, OP_PONG);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seq_true_carries_global_sequence_numbers() {
+    let server = TestServer::start(node(1024), ServerConfig::default()).await;
+    let mut client = Client::connect(server.addr, "/ws/events?seq=true").await;
+    let mut published = Vec::new();
+    for i in 0..10 {
+        let e = live_event(i);
+        let seq = server.bus.publish(e.clone());
+        published.push((seq, e));
+    }
+    client.expect_started().await;
+    let startup = startup_events();
+    let expected = startup
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (i as u64, e.clone()))
+        .chain(published);
+    for (seq, event) in expected {
+        let (message, text) = client.message().await;
+        assert_eq!(text.as_bytes(), &event.encode_with_seq(seq)[..]);
+        assert_eq!(
+            message,
+            ServerMessage::Event {
+                event,
+                seq: Some(seq)
+            }
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_resumes_with_no_gap_and_no_duplicate() {
+    let server = TestServer::start(node(1024), ServerConfig::default()).await;
+    let all: Vec<Event> = startup_events()
+        .into_iter()
+        .chain((0..20).map(live_event))
+        .collect();
+    // A first client reads up to seq 7, then goes away.
+    let mut first = Client::connect(server.addr, "/ws/events?seq=true").await;
+    for e in &all[3..13] {
+        server.bus.publish(e.clone());
+    }
+    first.expect_started().await;
+    let mut last_seen = None;
+    for _ in 0..8 {
+        if let (ServerMessage::Event { seq, .. }, _) = first.message().await {
+            last_seen = seq;
+        }
+    }
+    assert_eq!(last_seen, Some(7));
+    drop(first);
+    for e in &all[13..18] {
+        server.bus.publish(e.clone());
+    }
+
+    // It resumes from 8: startup events are past, retained live events from 8, then live.
+    let mut resumed = Client::connect(server.addr, "/ws/events?from=8&seq=true").await;
+    for e in &all[18..] {
+        server.bus.publish(e.clone());
+    }
+    resumed.expect_started().await;
+    for (seq, e) in all.iter().enumerate().skip(8) {
+        let (_, text) = resumed.message().await;
+        assert_eq!(text.as_bytes(), &e.encode_with_seq(seq as u64)[..]);
+    }
+
+    // from=1 includes the rest of the startup segment; the default envelope without seq=.
+    let mut from_one = Client::connect(server.addr, "/ws/events?from=1").await;
+    from_one.expect_started().await;
+    from_one.expect_events(&all[1..]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_older_than_retained_gets_one_lagged_notice_first() {
+    // 8 live slots: after 50 live events only seqs 45..53 are retained.
+    let server = TestServer::start(node(8), ServerConfig::default()).await;
+    let live: Vec<Event> = (0..50).map(live_event).collect();
+    for e in &live {
+        server.bus.publish(e.clone());
+    }
+    let mut client = Client::connect(server.addr, "/ws/events?from=1").await;
+    client.expect_started().await;
+    // Startup events 1 and 2 are kept for ever; 3..45 are gone.
+    client.expect_events(&startup_events()[1..]).await;
+    let (message, text) = client.message().await;
+    assert_eq!(
+        message,
+        ServerMessage::Lagged {
+            missed: 42,
+            resume_seq: 45
+        }
+    );
+    assert_eq!(text.as_bytes(), &lagged_message(42, 45)[..]);
+    client.expect_events(&live[42..]).await;
+}
+
+/// A client that reads one event, then stops reading while `count` big events are
+/// published into a 16-slot bus, then reads again: what it receives, in order.
+async fn lag_scenario(on_lag: OnLag, count: u64) -> (TestServer, Client) {
+    let config = ServerConfig {
+        on_lag,
+        write_batch: 8,
+        ping_interval: std::time::Duration::from_secs(60),
+        ..ServerConfig::default()
+    };
+    let bus = Bus::new(BusConfig {
+        capacity: 16,
+        startup_capacity: 16,
+    });
+    bus.seal_startup();
+    let server = TestServer::start(bus, config).await;
+    let mut client = Client::connect_small_buffer(server.addr, "/ws/events?seq=true").await;
+    client.expect_started().await;
+    // One event read while the client keeps up (so the later lag is a live one)...
+    server.bus.publish(big_event(0));
+    let (first, _) = client.message().await;
+    assert!(matches!(first, ServerMessage::Event { seq: Some(0), .. }));
+    // ...then far more than the socket buffers and the ring can hold while it does not read.
+    // Publishing never waits for the client.
+    for i in 1..count {
+        server.bus.publish(big_event(i));
+    }
+    (server, client)
+}
+
+/// 16 KiB of payload.
+fn big_event(i: u64) -> Event {
+    Event::NodeStarted {
+        address: format!("rnode://{i:016x}@{}", "h".repeat(16 * 1024)),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_client_is_told_exactly_how_many_it_missed() {
+    const PUBLISHED: u64 = 2000;
+    let (server, mut client) = lag_scenario(OnLag::Notify, PUBLISHED).await;
+    let (mut received, mut missed_total, mut notices) = (1u64, 0u64, 0u64);
+    let mut next_seq = 1u64;
+    while received + missed_total < PUBLISHED {
+        match client.message().await.0 {
+            ServerMessage::Event { event, seq } => {
+                assert_eq!(seq, Some(next_seq), "events arrive in order, none twice");
+                assert_eq!(event, big_event(next_seq));
+                received += 1;
+                next_seq += 1;
+            }
+            ServerMessage::Lagged { missed, resume_seq } => {
+                assert!(missed >= 1);
+                assert_eq!(
+                    resume_seq,
+                    next_seq + missed,
+                    "the notice accounts for the gap"
+                );
+                missed_total += missed;
+                notices += 1;
+                next_seq = resume_seq;
+            }
+            ServerMessage::Started => panic!("a second started message"),
+        }
+    }
+    assert_eq!(received + missed_total, PUBLISHED);
+    assert_eq!(
+        next_seq, PUBLISHED,
+        "the last event received is the last published"
+    );
+    assert!(
+        notices >= 1,
+        "the client never lagged: the test proves nothing"
+    );
+    server
+        .wait_metric("herald_ws_lagged_events_total", missed_total)
+        .await;
+    assert_eq!(
+        server.metric("herald_ws_lagged_notices_total").await,
+        notices
+    );
+    assert_eq!(
+        server.metric("herald_ws_events_delivered_total").await,
+        received
+    );
+    assert_eq!(server.metric("herald_ws_lag_closes_total").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_lag_close_closes_with_1008() {
+    let (server, mut client) = lag_scenario(OnLag::Close, 2000).await;
+    // Events keep their order with no gap until the close frame; no lagged notice.
+    let mut next_seq = 1u64;
+    let close = loop {
+        let frame = client.frame().await;
+        if frame.opcode == OP_CLOSE {
+            break frame.close();
+        }
+        let text = frame.text().to_owned();
+        match herald_core::event::decode(&mut text.into_bytes()).unwrap() {
+            ServerMessage::Event { seq, .. } => assert_eq!(seq, Some(next_seq)),
+            other => panic!("expected an event, got {other:?}"),
+        }
+        next_seq += 1;
+        assert!(next_seq < 2000, "the laggard was never closed");
+    };
+    assert_eq!(close.0, 1008);
+    assert!(
+        close.1.starts_with("client too slow: missed "),
+        "reason {:?}",
+        close.1
+    );
+    // The client answers the close; the server drops the connection and the subscriber.
+    client.send_close(1008, "").await;
+    client.expect_end().await;
+    server.wait_subscribers(0).await;
+    assert_eq!(server.metric("herald_ws_lag_closes_total").await, 1);
+    assert_eq!(server.metric("herald_ws_lagged_notices_total").await, 0);
+}
