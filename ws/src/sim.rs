@@ -525,7 +525,9 @@ impl Simulator {
             }
             let next_due = start + nanos(u128::from(sent) * 1_000_000_000 / rate);
             let wake = next_due.max(now + MIN_TICK);
+            // Shutdown first: a stop that falls on the same timer tick as a wake-up wins.
             tokio::select! {
+                biased;
                 () = &mut shutdown => return,
                 () = tokio::time::sleep_until(wake) => {}
             }
@@ -939,7 +941,8 @@ mod tests {
                 Role::Boot => s.config().validators + 4,
                 Role::Validator | Role::Readonly => 3,
             };
-            // Half an event period past 2 s: events 0..=2*rate are due, no deadline ties.
+            // Half an event period past 2 s: events 0..=2*rate are due. (Timers round up to
+            // the millisecond; a stop on the same tick as a wake-up wins, see `run_paced`.)
             let half_period = Duration::from_nanos(500_000_000 / u64::from(rate));
             let (events, counters) = run_for(s, Duration::from_secs(2) + half_period).await;
             let expected = startup + 2 * rate as usize + 1;
