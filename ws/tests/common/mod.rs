@@ -470,6 +470,17 @@ impl Client {
         panic!("no frame with opcode {opcode:#x} in {limit} frames");
     }
 
+    /// Reads text frames until the server ends the connection (at most 10,000).
+    pub async fn drain_to_end(&mut self) {
+        for _ in 0..10_000 {
+            match within("the server closing the connection", self.try_frame()).await {
+                None => return,
+                Some(frame) => assert_eq!(frame.opcode, OP_TEXT, "unexpected {frame:?}"),
+            }
+        }
+        panic!("the connection did not end");
+    }
+
     /// The server must end the connection (EOF or reset) with no further frame.
     pub async fn expect_end(&mut self) {
         let next = within("the server closing the connection", self.try_frame()).await;

@@ -1,0 +1,262 @@
+//! SPEC section 5 over real sockets: pings, the close handshake, bad client frames (1009,
+//! 1007, 1002), idle clients, graceful shutdown (1001 within 2 s), and teardown (the bus's
+//! subscriber count returns to 0).
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use herald_core::bus::{Bus, BusConfig};
+use herald_core::event::Event;
+use herald_ws::ServerConfig;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ping_is_answered_with_the_same_payload() {
+    let server = TestServer::start(node(64), ServerConfig::default()).await;
+    let mut client = Client::connect(server.addr, "/ws/events").await;
+    client.expect_started().await;
+    client.expect_events(&startup_events()).await;
+    client.send(true, OP_PING, b"are you there?").await;
+    let pong = client.frame().await;
+    assert_eq!(pong.opcode, OP_PONG);
+    assert_eq!(pong.payload, b"are you there?");
+    // An empty ping too, and the stream goes on.
+    client.send(true, OP_PING, b"").await;
+    let pong = client.frame().await;
+    assert_eq!((pong.opcode, pong.payload.len()), (OP_PONG, 0));
+    server.bus.publish(live_event(0));
+    client.expect_events(&[live_event(0)]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_close_is_answered_and_the_subscriber_dropped() {
+    let server = TestServer::start(node(64), ServerConfig::default()).await;
+    let mut client = Client::connect(server.addr, "/ws/events").await;
+    client.expect_started().await;
+    client.expect_events(&startup_events()).await;
+    server.wait_subscribers(1).await;
+    client.send_close(1000, "bye").await;
+    let close = client.frame().await;
+    assert_eq!(close.close(), (1000, String::new()), "the code is echoed");
+    client.expect_end().await;
+    server.wait_subscribers(0).await;
+    server.wait_metric("herald_ws_connections", 0).await;
+
+    // An empty close frame is answered with an empty one.
+    let mut client = Client::connect(server.addr, "/ws/events").await;
+    client.send(true, OP_CLOSE, b"").await;
+    let close = client.skip_to(OP_CLOSE, 10).await;
+    assert!(close.payload.is_empty());
+    client.expect_end().await;
+    server.wait_subscribers(0).await;
+}
+
+/// Sends `bytes` after the handshake; the server must close with `code`, then drop TCP.
+async fn expect_closed_with(server: &TestServer, bytes: &[u8], code: u16, reason: &str) {
+    let mut client = Client::connect(server.addr, "/ws/events").await;
+    client.expect_started().await;
+    client.expect_events(&startup_events()).await;
+    client.stream.write_all(bytes).await.unwrap();
+    let close = client.frame().await;
+    assert_eq!(close.close(), (code, reason.to_owned()));
+    client.expect_end().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_client_frames_close_with_the_right_code() {
+    let server = TestServer::start(node(64), ServerConfig::default()).await;
+
+    // At the limit is fine: the connection answers a ping afterwards.
+    let mut client = Client::connect(server.addr, "/ws/events").await;
+    client.expect_started().await;
+    client.expect_events(&startup_events()).await;
+    client.send(true, OP_TEXT, &[b'a'; 4096]).await;
+    client.send(true, OP_BINARY, &[0xff; 4096]).await;
+    client.send(true, OP_PING, b"alive").await;
+    assert_eq!(client.frame().await.payload, b"alive");
+    drop(client);
+
+    // Over 4 KiB, in one frame or across fragments: 1009.
+    expect_closed_with(
+        &server,
+        &masked_frame(true, OP_TEXT, &[b'a'; 4097]),
+        1009,
+        "message too big",
+    )
+    .await;
+    let fragments = [
+        masked_frame(false, OP_BINARY, &[0; 3000]),
+        masked_frame(true, OP_CONTINUATION, &[0; 1097]),
+    ]
+    .concat();
+    expect_closed_with(&server, &fragments, 1009, "message too big").await;
+
+    // Invalid UTF-8 in a text message: 1007.
+    expect_closed_with(
+        &server,
+        &masked_frame(true, OP_TEXT, &[b'o', b'k', 0xc3, 0x28]),
+        1007,
+        "text message is not valid UTF-8",
+    )
+    .await;
+
+    // Protocol errors: 1002.
+    expect_closed_with(
+        &server,
+        &[0x81, 0x02, b'h', b'i'],
+        1002,
+        "client frames must be masked",
+    )
+    .await;
+    expect_closed_with(
+        &server,
+        &masked_frame(true, 0x3, b""),
+        1002,
+        "unknown opcode",
+    )
+    .await;
+    expect_closed_with(
+        &server,
+        &masked_frame(true, OP_CONTINUATION, b"x"),
+        1002,
+        "continuation frame without a message to continue",
+    )
+    .await;
+
+    server
+        .wait_metric("herald_ws_protocol_errors_total", 6)
+        .await;
+    server.wait_subscribers(0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_pinged_and_dropped_when_silent() {
+    let config = ServerConfig {
+        ping_interval: Duration::from_millis(150),
+        ping_timeout: Duration::from_millis(150),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(node(64), config).await;
+
+    // A client that answers every ping stays connected through several rounds...
+    let mut polite = Client::connect(server.addr, "/ws/events").await;
+    polite.expect_started().await;
+    polite.expect_events(&startup_events()).await;
+    let polite = tokio::spawn(async move {
+        for _ in 0..4 {
+            let ping = polite.frame().await;
+            assert_eq!(ping.opcode, OP_PING);
+            polite.send(true, OP_PONG, &ping.payload).await;
+        }
+        polite
+    });
+
+    // ...while one that never answers is dropped.
+    let mut silent = Client::connect(server.addr, "/ws/events").await;
+    silent.expect_started().await;
+    silent.expect_events(&startup_events()).await;
+    let ping = silent.frame().await;
+    assert_eq!(ping.opcode, OP_PING);
+    silent.expect_end().await;
+    server.wait_metric("herald_ws_ping_timeouts_total", 1).await;
+
+    let mut polite = within("four pings answered", polite).await.unwrap();
+    server.bus.publish(live_event(0));
+    let next = polite.skip_to(OP_TEXT, 2).await;
+    assert_eq!(next.text().as_bytes(), &live_event(0).encode()[..]);
+    assert_eq!(server.metric("herald_ws_ping_timeouts_total").await, 1);
+    server.wait_subscribers(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_closes_every_connection_with_1001_within_2_seconds() {
+    let bus = Bus::new(BusConfig {
+        capacity: 16,
+        startup_capacity: 16,
+    });
+    bus.seal_startup();
+    let mut server = TestServer::start(bus, ServerConfig::default()).await;
+    // Three clients that read all along, each in its own task, until the close frame.
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let mut client = Client::connect(server.addr, "/ws/events").await;
+        client.expect_started().await;
+        readers.push(tokio::spawn(async move {
+            let close = client.skip_to(OP_CLOSE, 5000).await;
+            client.send_close(1001, "").await;
+            client.expect_end().await;
+            close.close()
+        }));
+    }
+    // A client that stopped reading with its pipe full cannot even receive the close frame.
+    let mut stalled = Client::connect_small_buffer(server.addr, "/ws/events").await;
+    server.wait_subscribers(4).await;
+    for i in 0..1000 {
+        server.bus.publish(Event::NodeStarted {
+            address: format!("{i}{}", "h".repeat(16 * 1024)),
+        });
+    }
+
+    let took = server.stop().await;
+    assert!(
+        took < Duration::from_secs(2),
+        "serve took {took:?} to return"
+    );
+    for reader in readers {
+        let close = within("a reader's close frame", reader).await.unwrap();
+        assert_eq!(close, (1001, "server shutting down".to_owned()));
+    }
+    // The stalled connection was dropped: what was in flight, then EOF (or a reset).
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    loop {
+        match within(
+            "the stalled connection ending",
+            stalled.stream.read(&mut buf),
+        )
+        .await
+        {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+        assert!(total < 64 << 20, "the stalled connection never ended");
+    }
+    assert_eq!(server.bus.stats().subscribers, 0);
+    // Nothing listens any more.
+    assert!(tokio::net::TcpStream::connect(server.addr).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriber_count_returns_to_zero_however_clients_leave() {
+    let server = TestServer::start(node(64), ServerConfig::default()).await;
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let mut client = Client::connect(server.addr, "/ws/events").await;
+        client.expect_started().await;
+        clients.push(client);
+    }
+    server.wait_subscribers(6).await;
+    assert_eq!(server.metric("herald_ws_connections").await, 6);
+    // Two close properly, two vanish, two half-close their side and stay.
+    let mut half_closed = Vec::new();
+    for (i, mut client) in clients.into_iter().enumerate() {
+        match i % 3 {
+            0 => {
+                client.send_close(1000, "").await;
+                client.skip_to(OP_CLOSE, 10).await;
+            }
+            1 => drop(client),
+            _ => {
+                client.stream.shutdown().await.unwrap();
+                half_closed.push(client);
+            }
+        }
+    }
+    server.wait_subscribers(0).await;
+    for client in &mut half_closed {
+        client.drain_to_end().await;
+    }
+    server.wait_metric("herald_ws_connections", 0).await;
+}
