@@ -8,10 +8,13 @@
 use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use herald_core::bus::{Bus, BusConfig};
+use herald_core::bus::BusConfig;
 use herald_core::event::EventKind;
+use herald_core::transfers::{ExtractorConfig, NodeRole, SimulatedSource, node_bus};
 use herald_ws::sim::{Rate, Role, SimConfig, Simulator};
 use herald_ws::tail::{self, TailError, TailOptions};
 use herald_ws::{OnLag, ServerConfig, serve};
@@ -75,6 +78,14 @@ struct ServeArgs {
     /// What to do with a client that lags: notify (send `lagged`) or close (code 1008).
     #[arg(long, default_value = "notify")]
     on_lag: OnLag,
+    /// Read-only role: milliseconds the simulated node takes to report a finalised block's
+    /// transfers (each block then gets `transfers-available`).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    report_latency_ms: u64,
+    /// Read-only role: most extra milliseconds on top of --report-latency-ms, drawn per block
+    /// from --seed.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    report_jitter_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -165,10 +176,21 @@ async fn serve_node(args: &ServeArgs) -> ExitCode {
         capacity: to_usize(args.capacity),
         startup_capacity: to_usize(args.startup_capacity),
     };
-    // The node's bus. A read-only node's transfer extractor attaches here: build this bus
-    // with `Bus::with_hook(bus_config, extractor)` for `Role::Readonly`, and the extractor
-    // publishes `transfers-available` for each `block-finalised` (see `herald_ws::sim`).
-    let bus = Bus::new(bus_config);
+    // The node's bus. On a read-only node its publish hook feeds the transfer extractor,
+    // which publishes `transfers-available` for each `block-finalised` (see
+    // `herald_core::transfers`); other roles get a plain bus.
+    let node_role = match args.role {
+        Role::Boot => NodeRole::Boot,
+        Role::Validator => NodeRole::Validator,
+        Role::Readonly => NodeRole::ReadOnly,
+    };
+    let source = Arc::new(SimulatedSource::new(
+        Duration::from_millis(args.report_latency_ms),
+        Duration::from_millis(args.report_jitter_ms),
+        args.seed,
+    ));
+    let (bus, extractor) = node_bus(node_role, bus_config, ExtractorConfig::default(), source);
+    let extractor = extractor.map(|extractor| (extractor.stats(), extractor.spawn()));
     let tap = bus.tap();
     let simulator = Simulator::new(SimConfig {
         role: args.role,
@@ -232,6 +254,20 @@ async fn serve_node(args: &ServeArgs) -> ExitCode {
     let _ = stop_node.send(());
     if let Err(e) = node.await {
         tracing::error!("simulated node task failed: {e}");
+    }
+    // With the node's bus dropped, the extractor finishes the blocks it accepted and ends.
+    if let Some((stats, task)) = extractor {
+        if let Err(e) = task.await {
+            tracing::error!("transfer extractor task failed: {e}");
+        }
+        let c = stats.snapshot();
+        tracing::info!(
+            published = c.published,
+            failed = c.failed,
+            dropped_full = c.dropped_full,
+            cache_hits = c.cache_hits,
+            "transfer extractor stopped"
+        );
     }
     tracing::info!("stopped");
     code

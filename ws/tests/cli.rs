@@ -227,7 +227,35 @@ fn tail_json_shows_the_readonly_lifecycle_then_blocks() {
         kinds[..3],
         [NodeStarted, ApprovedBlockReceived, EnteredRunningState]
     );
-    assert_block_cycle(&events[3..], &[BlockAdded, BlockFinalised]);
+    // The extractor's `transfers-available` arrive some milliseconds after their block: the
+    // simulator's own events keep their cycle, and each transfers event follows its
+    // `block-finalised`, in block order.
+    let (transfers, blocks): (Vec<Event>, Vec<Event>) = events[3..]
+        .iter()
+        .cloned()
+        .partition(|e| e.kind() == TransfersAvailable);
+    assert_block_cycle(&blocks, &[BlockAdded, BlockFinalised]);
+    let first_block = block_number(&blocks[0]);
+    let mut last = None;
+    for (i, event) in events.iter().enumerate() {
+        let Event::TransfersAvailable(t) = event else {
+            continue;
+        };
+        let n = t.block_number;
+        match events
+            .iter()
+            .position(|e| matches!(e, Event::BlockFinalised(b) if b.block_number == n))
+        {
+            Some(finalised) => assert!(finalised < i, "{events:?}"),
+            // Finalised before this client subscribed.
+            None => assert!(n < first_block, "{events:?}"),
+        }
+        if let Some(last) = last {
+            assert_eq!(n, last + 1, "{events:?}");
+        }
+        last = Some(n);
+    }
+    assert_eq!(transfers.len() + blocks.len(), 6);
 }
 
 #[test]
