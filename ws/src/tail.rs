@@ -962,4 +962,327 @@ mod tests {
         let long = "x".repeat(500);
         assert_eq!(one_line(&long).chars().count(), 201);
     }
+
+    // ----- against a scripted server ------------------------------------------------------
+
+    use herald_core::event::{Event as Ev, lagged_message, started_message};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// One server frame: FIN, `opcode`, unmasked.
+    fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![0x80 | opcode];
+        match payload.len() {
+            n @ 0..=125 => out.push(n as u8),
+            n @ 126..=0xffff => {
+                out.push(126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(payload);
+        out
+    }
+
+    fn text(payload: &[u8]) -> Vec<u8> {
+        frame(0x1, payload)
+    }
+
+    const UPGRADED: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+
+    /// Serves one connection: reads the request head, writes `script`, then (unless
+    /// `hang_up`) reads until the client closes. Returns the URL to connect to.
+    async fn scripted(script: Vec<u8>, hang_up: bool) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tcp.read(&mut buf).await.expect("read request");
+                assert!(n > 0, "client hung up before its request");
+                head.extend_from_slice(&buf[..n]);
+            }
+            tcp.write_all(&script).await.expect("write script");
+            if !hang_up {
+                while tcp.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+            }
+        });
+        format!("ws://{addr}/ws/events")
+    }
+
+    async fn tail_scripted(
+        script: Vec<u8>,
+        hang_up: bool,
+        count: Option<u64>,
+    ) -> (Result<TailSummary, TailError>, String) {
+        let url = scripted(script, hang_up).await;
+        let options = TailOptions {
+            url,
+            count,
+            ..TailOptions::default()
+        };
+        let mut out = Vec::new();
+        let result = tokio::time::timeout(Duration::from_secs(30), run(&options, &mut out))
+            .await
+            .expect("tail finished");
+        (result, String::from_utf8(out).expect("utf-8 output"))
+    }
+
+    fn script(parts: &[&[u8]]) -> Vec<u8> {
+        let mut out = UPGRADED.to_vec();
+        for part in parts {
+            out.extend_from_slice(part);
+        }
+        out
+    }
+
+    fn approved(hash: &str) -> Vec<u8> {
+        Ev::ApprovedBlockReceived {
+            block_hash: hash.to_owned(),
+        }
+        .encode()
+        .to_vec()
+    }
+
+    #[tokio::test]
+    async fn counts_events_not_notices_and_prints_each() {
+        let (result, out) = tail_scripted(
+            script(&[
+                &text(&started_message()),
+                &text(&approved("aa")),
+                &text(&lagged_message(5, 9)),
+                &text(&approved("bb")),
+                &text(&Ev::BlockAdded(block()).encode()),
+                &text(&approved("never read")),
+            ]),
+            false,
+            Some(3),
+        )
+        .await;
+        let summary = result.expect("count reached");
+        assert_eq!(
+            summary,
+            TailSummary {
+                events: 3,
+                lagged_notices: 1,
+                missed: 5
+            }
+        );
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 5, "{out}");
+        assert!(lines[0].starts_with("started schema-version=1 url=ws://127.0.0.1:"));
+        assert_eq!(lines[1], "#1 approved-block-received hash=aa");
+        assert_eq!(lines[2], "lagged missed=5 resume=9");
+        assert_eq!(lines[3], "#2 approved-block-received hash=bb");
+        assert_eq!(lines[4], event_line(3, &Ev::BlockAdded(block()), None));
+    }
+
+    #[tokio::test]
+    async fn json_prints_messages_as_received() {
+        // Whitespace and key order as a server may send them: printed untouched.
+        let odd = br#"{ "schema-version": 1, "payload": {"block-hash": "cc"}, "event": "sent-approved-block" }"#;
+        let url = scripted(script(&[&text(&started_message()), &text(odd)]), false).await;
+        let options = TailOptions {
+            url,
+            count: Some(1),
+            json: true,
+            ..TailOptions::default()
+        };
+        let mut out = Vec::new();
+        let summary = run(&options, &mut out).await.expect("count reached");
+        assert_eq!(summary.events, 1);
+        let expected = format!(
+            "{}\n{}\n",
+            String::from_utf8_lossy(&started_message()),
+            String::from_utf8_lossy(odd)
+        );
+        assert_eq!(String::from_utf8(out).expect("utf-8"), expected);
+    }
+
+    #[tokio::test]
+    async fn first_message_must_be_started() {
+        let (result, out) = tail_scripted(script(&[&text(&approved("aa"))]), false, None).await;
+        let err = result.expect_err("not started");
+        assert_eq!(err.exit_code(), 5);
+        assert_eq!(
+            err.to_string(),
+            r#"the stream did not start with `started`: got {"event":"approved-block-received","schema-version":1,"payload":{"block-hash":"aa"}}"#
+        );
+        assert_eq!(out, "");
+
+        let (result, _) = tail_scripted(script(&[&text(b"hello")]), false, None).await;
+        let err = result.expect_err("not JSON");
+        assert_eq!(err.exit_code(), 5);
+        let message = err.to_string();
+        assert!(
+            message.starts_with("the stream did not start with `started`: invalid JSON: "),
+            "{message}"
+        );
+        assert!(message.ends_with(": hello"), "{message}");
+    }
+
+    #[tokio::test]
+    async fn an_undecodable_message_is_an_error() {
+        let bad = br#"{"event":"block-added","schema-version":1,"payload":{}}"#;
+        let (result, out) = tail_scripted(
+            script(&[
+                &text(&started_message()),
+                &text(&approved("aa")),
+                &text(bad),
+            ]),
+            false,
+            None,
+        )
+        .await;
+        let err = result.expect_err("bad payload");
+        assert_eq!(err.exit_code(), 5);
+        let message = err.to_string();
+        assert!(
+            message.starts_with("cannot decode a message (invalid `block-added` payload: "),
+            "{message}"
+        );
+        assert!(message.ends_with(&format!("): {}", String::from_utf8_lossy(bad))));
+        // What arrived before the bad message was printed.
+        assert_eq!(
+            out.lines().nth(1),
+            Some("#1 approved-block-received hash=aa")
+        );
+
+        let (result, _) = tail_scripted(
+            script(&[&text(&started_message()), &frame(0x2, b"\x00\x01")]),
+            false,
+            None,
+        )
+        .await;
+        let err = result.expect_err("binary frame");
+        assert_eq!(err.exit_code(), 5);
+        assert_eq!(
+            err.to_string(),
+            "WebSocket protocol error: unexpected binary message (the stream sends text frames)"
+        );
+
+        let (result, _) = tail_scripted(
+            script(&[&text(&started_message()), &text(&started_message())]),
+            false,
+            None,
+        )
+        .await;
+        assert_eq!(
+            result.expect_err("second started").to_string(),
+            "WebSocket protocol error: a second `started` message"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_close_from_the_server_ends_the_tail() {
+        let mut close = 1008u16.to_be_bytes().to_vec();
+        close.extend_from_slice(b"client too slow");
+        let (result, _) = tail_scripted(
+            script(&[
+                &text(&started_message()),
+                &text(&approved("aa")),
+                &frame(0x8, &close),
+            ]),
+            false,
+            Some(10),
+        )
+        .await;
+        let err = result.expect_err("closed early");
+        assert_eq!(err.exit_code(), 6);
+        assert_eq!(
+            err.to_string(),
+            "server closed the stream with code 1008 (policy violation): client too slow after 1 events"
+        );
+
+        // No close frame at all: the connection just ends.
+        let (result, _) = tail_scripted(script(&[&text(&started_message())]), true, Some(10)).await;
+        let err = result.expect_err("dropped");
+        assert_eq!(err.exit_code(), 6);
+        assert_eq!(
+            err.to_string(),
+            "connection closed: the server dropped the connection without a close frame after 0 events"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_upgrade_reports_status_and_body() {
+        let body = "unknown event type `x`; valid types: node-started\n";
+        let response = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (result, out) = tail_scripted(response.into_bytes(), false, None).await;
+        let err = result.expect_err("refused");
+        assert_eq!(err.exit_code(), 4);
+        assert_eq!(
+            err.to_string(),
+            "server refused the WebSocket upgrade: HTTP 400 Bad Request: unknown event type `x`; valid types: node-started"
+        );
+        assert_eq!(out, "");
+
+        // A 101 that is not a WebSocket upgrade.
+        let (result, _) = tail_scripted(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"
+                .to_vec(),
+            false,
+            None,
+        )
+        .await;
+        let err = result.expect_err("not websocket");
+        assert_eq!(err.exit_code(), 4);
+        assert_eq!(
+            err.to_string(),
+            "WebSocket upgrade failed: 101 response without `Upgrade: websocket`"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_request_is_a_websocket_upgrade_with_the_filter() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let server = tokio::spawn(async move {
+            let (mut tcp, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = tcp.read(&mut buf).await.expect("read");
+                assert!(n > 0);
+                head.extend_from_slice(&buf[..n]);
+            }
+            tcp.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n")
+                .await
+                .expect("write");
+            String::from_utf8(head).expect("ascii head")
+        });
+        let options = TailOptions {
+            url: format!("ws://{addr}/ws/events"),
+            events: vec![EventKind::BlockAdded, EventKind::TransfersAvailable],
+            ..TailOptions::default()
+        };
+        let err = run(&options, Vec::new()).await.expect_err("404");
+        assert_eq!(
+            err.to_string(),
+            "server refused the WebSocket upgrade: HTTP 404 Not Found"
+        );
+        let head = server.await.expect("server").to_ascii_lowercase();
+        assert!(
+            head.starts_with("get /ws/events?events=block-added,transfers-available http/1.1\r\n"),
+            "{head}"
+        );
+        for header in [
+            format!("host: {addr}\r\n"),
+            "upgrade: websocket\r\n".to_owned(),
+            "connection: upgrade\r\n".to_owned(),
+            "sec-websocket-version: 13\r\n".to_owned(),
+            "sec-websocket-key: ".to_owned(),
+        ] {
+            assert!(head.contains(&header), "{header:?} in {head}");
+        }
+    }
 }
