@@ -62,8 +62,9 @@ use crate::server::{CLOSE_TIMEOUT, OnLag, ServerConfig, Shared};
 /// close) wait to be written: a client that pings without reading cannot grow the queue.
 const MAX_QUEUED_CONTROLS: usize = 32;
 
-/// Bytes read from the socket per `read` call, at least.
-const READ_CHUNK: usize = 4096;
+/// Free buffer space offered to each socket read. Clients send little (pongs, a close), and
+/// a server may hold 10,000 connections; a larger frame grows the buffer as it arrives.
+const READ_CHUNK: usize = 1024;
 
 /// Runs a connection on the upgraded socket. Takes the TCP stream apart when the server is
 /// hyper over a plain `TcpStream` (the usual case: owned halves, no lock between reader and
@@ -343,5 +344,90 @@ async fn next_batch(
     match subscriber {
         Some(subscriber) => subscriber.recv_many(batch, max).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The loop over an in-memory pipe: the generic transport path (no `TcpStream`, no
+    //! vectored writes), which the socket tests do not take.
+
+    use std::time::Duration;
+
+    use herald_core::bus::{Bus, BusConfig};
+    use herald_core::event::Event;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
+
+    use super::*;
+    use crate::query;
+
+    async fn read_frame(client: &mut DuplexStream) -> (u8, Vec<u8>) {
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).await.unwrap();
+        let len = match head[1] {
+            126 => usize::from(client.read_u16().await.unwrap()),
+            127 => client.read_u64().await.unwrap() as usize,
+            n => usize::from(n),
+        };
+        let mut payload = vec![0u8; len];
+        client.read_exact(&mut payload).await.unwrap();
+        (head[0], payload)
+    }
+
+    #[tokio::test]
+    async fn streams_over_any_transport_and_ends_on_close() {
+        let bus = Bus::new(BusConfig::default());
+        bus.publish(Event::SentApprovedBlock {
+            block_hash: "ab".into(),
+        });
+        bus.seal_startup();
+        let (server_side, mut client) = tokio::io::duplex(64 * 1024);
+        let (reader, writer) = tokio::io::split(server_side);
+        let config = ServerConfig::default();
+        let metrics = Metrics::default();
+        let (_shutdown_tx, shutdown) = watch::channel(false);
+        let extensions = query::parse(Some("seq=true")).unwrap();
+        let subscriber = bus.subscribe();
+        let live = Event::EnteredRunningState {
+            block_hash: "cd".into(),
+        };
+        bus.publish(live.clone());
+
+        let client_side = async {
+            assert_eq!(
+                read_frame(&mut client).await,
+                (0x81, started_message().to_vec())
+            );
+            let (op, replay) = read_frame(&mut client).await;
+            assert_eq!((op, &replay[..]), (0x81, &br#"{"event":"sent-approved-block","schema-version":1,"seq":0,"payload":{"block-hash":"ab"}}"#[..]));
+            let (op, event) = read_frame(&mut client).await;
+            assert_eq!((op, event), (0x81, live.encode_with_seq(1).to_vec()));
+            // Close 1000, masked with a zero key.
+            client
+                .write_all(&[0x88, 0x82, 0, 0, 0, 0, 0x03, 0xe8])
+                .await
+                .unwrap();
+            assert_eq!(read_frame(&mut client).await, (0x88, vec![0x03, 0xe8]));
+            let mut rest = Vec::new();
+            client.read_to_end(&mut rest).await.unwrap();
+            assert!(rest.is_empty());
+        };
+        let server_side = stream_events(
+            reader,
+            writer,
+            BytesMut::new(),
+            subscriber,
+            extensions,
+            &config,
+            &metrics,
+            shutdown,
+        );
+        tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(server_side, client_side)
+        })
+        .await
+        .expect("the connection did not end");
+        assert_eq!(bus.stats().subscribers, 0);
+        assert_eq!(metrics.snapshot().events_delivered, 2);
     }
 }
