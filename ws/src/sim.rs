@@ -18,8 +18,9 @@
 //! The simulator never emits `transfers-available` itself: on a real node those come from a
 //! separate extraction step that replays each finalised block. The place for that step is the
 //! [`Bus`] handed to [`Simulator::run`]: whoever builds the bus for a read-only node (the
-//! `herald` binary's `serve`) builds it with [`Bus::with_hook`] and an extractor that sees
-//! every `block-finalised` and publishes the matching `transfers-available` into the same bus.
+//! `herald` binary's `serve`, with `herald_core::transfers::node_bus`) builds it with
+//! [`Bus::with_hook`] and an extractor that sees every `block-finalised` and publishes the
+//! matching `transfers-available` into the same bus.
 //! Pacing counts every event on the bus by sequence number, so those events count against
 //! `--rate` as SPEC 6 requires, with no change here.
 //!
