@@ -3,7 +3,7 @@
 //!
 //! | request | answer |
 //! |---|---|
-//! | `GET /ws/events`, valid upgrade | `101`; the connection is spawned ([`crate::conn`]) |
+//! | `GET /ws/events`, valid upgrade | `101`; the connection is spawned (`conn.rs`) |
 //! | other method on `/ws/events` | `405`, `Allow: GET` |
 //! | no `Connection: upgrade` + `Upgrade: websocket` (or not HTTP/1.1) | `426` |
 //! | `Sec-WebSocket-Version` missing or not 13 | `426`, `Sec-WebSocket-Version: 13` |

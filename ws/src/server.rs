@@ -17,7 +17,7 @@
 //! ```
 //!
 //! Who does what: [`crate::http`] answers every HTTP request (SPEC section 1) and, for a valid
-//! upgrade, subscribes to the bus and spawns the connection; [`crate::conn`] runs it
+//! upgrade, subscribes to the bus and spawns the connection; `conn.rs` runs it
 //! (SPEC sections 2 to 5); [`crate::metrics`] counts.
 
 use std::convert::Infallible;
