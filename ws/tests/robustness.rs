@@ -260,3 +260,19 @@ async fn subscriber_count_returns_to_zero_however_clients_leave() {
     }
     server.wait_metric("herald_ws_connections", 0).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_sent_with_the_upgrade_request_are_read() {
+    let server = TestServer::start(node(64), ServerConfig::default()).await;
+    // The request and a ping in one write: the ping arrives in hyper's buffer, not ours.
+    let mut bytes = upgrade_request("/ws/events").into_bytes();
+    bytes.extend(masked_frame(true, OP_PING, b"early"));
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream.write_all(&bytes).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    let answer = read_answer(&mut stream, &mut buf).await;
+    assert_eq!(answer.status, 101);
+    let mut client = Client::from_parts(stream, buf);
+    let pong = client.skip_to(OP_PONG, 10).await;
+    assert_eq!(pong.payload, b"early");
+}

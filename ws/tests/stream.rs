@@ -193,6 +193,34 @@ async fn from_older_than_retained_gets_one_lagged_notice_first() {
     client.expect_events(&live[42..]).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_lag_close_still_reports_an_old_from_point_with_a_notice() {
+    // What `from=` asks for and is no longer retained is not the client reading slowly.
+    let config = ServerConfig {
+        on_lag: OnLag::Close,
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(node(8), config).await;
+    let live: Vec<Event> = (0..50).map(live_event).collect();
+    for e in &live {
+        server.bus.publish(e.clone());
+    }
+    let mut client = Client::connect(server.addr, "/ws/events?from=3").await;
+    client.expect_started().await;
+    let (message, _) = client.message().await;
+    assert_eq!(
+        message,
+        ServerMessage::Lagged {
+            missed: 42,
+            resume_seq: 45
+        }
+    );
+    client.expect_events(&live[42..]).await;
+    server.bus.publish(live_event(50));
+    client.expect_events(&[live_event(50)]).await;
+    assert_eq!(server.metric("herald_ws_lag_closes_total").await, 0);
+}
+
 /// A client that reads one event, then stops reading while `count` big events are
 /// published into a 16-slot bus, then reads again: what it receives, in order.
 async fn lag_scenario(on_lag: OnLag, count: u64) -> (TestServer, Client) {

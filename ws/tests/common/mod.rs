@@ -367,6 +367,11 @@ impl Client {
         Ok(Client { stream, buf })
     }
 
+    /// A client on a stream whose upgrade was already read; `buf` holds what followed it.
+    pub fn from_parts(stream: TcpStream, buf: BytesMut) -> Client {
+        Client { stream, buf }
+    }
+
     /// The next frame; fails the test after [`DEADLINE`] or if the connection ends.
     pub async fn frame(&mut self) -> Frame {
         match within("a frame", self.try_frame()).await {
