@@ -6,4 +6,5 @@
 //! of streaming: axum + `tokio::sync::broadcast` + per-client serialization) and
 //! `herald-plot` (PNG plots of the results). `bench/RESULTS.md` has the numbers.
 
+pub mod loadgen;
 pub mod payload;
