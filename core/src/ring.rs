@@ -373,9 +373,19 @@ impl<T: Send + Sync + 'static> Shared<T> {
             // alive at least until we give that count up.
             let out_seq = unsafe { (*out).seq() };
             if out_seq < holding_seq {
-                // SAFETY: we own `out`'s count and it is no longer reachable from the
-                // slot; readers that loaded it earlier hold an epoch guard.
-                unsafe { self.reclaim.retire(out as *const Entry<T>) };
+                #[cfg(not(herald_mutant = "eager_free"))]
+                {
+                    // SAFETY: we own `out`'s count and it is no longer reachable from the
+                    // slot; readers that loaded it earlier hold an epoch guard.
+                    unsafe { self.reclaim.retire(out as *const Entry<T>) };
+                }
+                // Deliberate bug for loom-tests/mutants.sh: releases `out` at once,
+                // ignoring readers that loaded it just before the swap.
+                #[cfg(herald_mutant = "eager_free")]
+                {
+                    // SAFETY: none; this is the use-after-free the models must catch.
+                    drop(unsafe { Arc::from_raw(out as *const Entry<T>) });
+                }
                 return;
             }
             // Lapped: `out` is newer than what we just put in. Put it back.
@@ -846,6 +856,12 @@ impl Position {
             // Not written yet. Acquire: pairs with the last publisher's CLOSED fetch_or,
             // after which every publish is complete and visible.
             let tail = shared.tail.load(Ordering::Acquire);
+            // Deliberate bug for loom-tests/mutants.sh: trusts CLOSED alone and drops the
+            // values still to drain.
+            #[cfg(herald_mutant = "close_no_drain")]
+            if tail & CLOSED != 0 {
+                return Err(TryRecvError::Closed);
+            }
             if tail & CLOSED == 0 {
                 return Err(TryRecvError::Empty);
             }

@@ -35,6 +35,13 @@ pub(crate) use loom::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, AtomicUsiz
 
 pub(crate) use std::sync::atomic::Ordering;
 
+/// A busy-wait hint: a pause instruction normally, a yield to the other threads under
+/// loom (which otherwise could not make progress past a bounded number of preemptions).
+#[cfg(herald_loom)]
+pub(crate) use loom::hint::spin_loop;
+#[cfg(not(herald_loom))]
+pub(crate) use std::hint::spin_loop;
+
 /// Threads: `current`, `park` and `yield_now`, loom's under `herald_loom`.
 pub(crate) mod thread {
     #[cfg(herald_loom)]
@@ -232,26 +239,32 @@ mod reclaim {
             self.state.lock().unwrap().active += 1;
             Guard(self)
         }
-    }
 
-    impl Guard<'_> {
-        /// See the normal build's `Guard::retire`.
+        /// See the normal build's `Reclaimer::retire`. Frees at once if no guard is
+        /// alive (a guard pinned after this lock is ordered after the caller's unlink, so
+        /// it cannot load `ptr`), else when the last live guard is dropped.
         ///
         /// # Safety
         /// As there.
         pub(crate) unsafe fn retire<T: Send + Sync + 'static>(&self, ptr: *const T) {
             let ptr = ptr as usize;
-            self.0
-                .state
-                .lock()
-                .unwrap()
-                .retired
-                .push(Retired(Box::new(move || {
-                    // SAFETY: the caller gave up this strong reference to us.
-                    drop(unsafe { Arc::from_raw(ptr as *const T) })
-                })));
+            let free = move || {
+                // SAFETY: the caller gave up this strong reference to us.
+                drop(unsafe { Arc::from_raw(ptr as *const T) })
+            };
+            let mut state = self.state.lock().unwrap();
+            if state.active == 0 {
+                drop(state);
+                free();
+            } else {
+                state.retired.push(Retired(Box::new(free)));
+            }
         }
     }
+
+    /// The normal build hands its per-thread batch to the collector here; under loom
+    /// nothing is batched.
+    pub(crate) fn flush_retired() {}
 
     impl Drop for Guard<'_> {
         fn drop(&mut self) {

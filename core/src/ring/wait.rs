@@ -81,6 +81,10 @@ impl AtomicWaker {
             WAKING => {
                 // A `take` is in progress right now: wake the new waker directly.
                 waker.wake_by_ref();
+                // The task is re-polled at once and may land here again until the taker
+                // clears WAKING: a spin, so hint it (as futures' and tokio's AtomicWaker
+                // do). Under loom this yields, so the taker gets to run.
+                crate::sync::spin_loop();
             }
             _ => {
                 // REGISTERING: a concurrent `register`, which our single owner never does.
@@ -191,8 +195,12 @@ impl WaitStack {
             // Relaxed: ordered after the push by the Acquire swap above.
             p = node.next.load(Ordering::Relaxed);
             // Release: pairs with push's Acquire swap; our read of `next` happens before
-            // the owner can overwrite it in its next push.
-            node.queued.store(false, Ordering::Release);
+            // the owner can overwrite it in its next push. A swap rather than a store: the
+            // same effect here (nobody reads what it returns), but loom 0.7 lets a later
+            // RMW read past a plain store that races with an earlier RMW (tokio-rs/loom
+            // #254), which made the owner's `queued.swap(true)` see a stale `true` in the
+            // models and never push again; an RMW keeps loom's modification order exact.
+            node.queued.swap(false, Ordering::Release);
             node.waker.wake();
         }
     }
