@@ -373,6 +373,10 @@ pub async fn serve(
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.handshake_timeout)
+        // A client may shut down its side once its request is sent (`nc -N`, scripts); it
+        // still gets its answer. Without this, hyper drops the connection when it sees that
+        // EOF before the answer is written, and the answer is lost (or not: it is a race).
+        .half_close(true)
         .max_buf_size(16 * 1024);
     let service = EventsService::new(bus, config);
     // HTTP connections before their upgrade (or serving /metrics and /healthz).
