@@ -512,3 +512,148 @@ pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
     f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
     f
 }
+
+// ---------------------------------------------------------------------------------------------
+// Abuse and fuzz helpers
+// ---------------------------------------------------------------------------------------------
+
+static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Counts every panic of this process from now on (server tasks included: tokio catches a
+/// task's panic, so without this a panicking connection would only look like a closed one).
+pub fn count_panics() {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            // Relaxed: a counter read by `panics`; no other memory is published through it.
+            PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            previous(info);
+        }));
+    });
+}
+
+/// Panics seen since [`count_panics`] was first called.
+pub fn panics() -> usize {
+    // Relaxed: pairs with the Relaxed increment in the hook; the test reads it after the
+    // server's tasks it cares about have ended (joined through the server's teardown).
+    PANICS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `HERALD_SOAK=N` multiplies the counts and durations of the abuse tests by `N` (default 1,
+/// the CI run). Panics with a clear message on a value that is not a positive integer.
+pub fn soak() -> u64 {
+    match std::env::var("HERALD_SOAK") {
+        Err(_) => 1,
+        Ok(v) => match v.parse::<u64>() {
+            Ok(n) if n >= 1 => n,
+            _ => panic!("HERALD_SOAK must be a positive integer, got {v:?}"),
+        },
+    }
+}
+
+/// Resident set size of this process, in KiB (`VmRSS` of `/proc/self/status`).
+pub fn rss_kib() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().strip_suffix("kB"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("VmRSS in /proc/self/status")
+}
+
+/// The soft limit on open files of this process (`/proc/self/limits`).
+pub fn open_files_limit() -> u64 {
+    let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("Max open files in /proc/self/limits");
+    let soft = line["Max open files".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap();
+    soft.parse().unwrap_or(u64::MAX) // "unlimited"
+}
+
+/// Fails the test unless this process may open `needed` more files.
+pub fn need_open_files(needed: u64) {
+    let limit = open_files_limit();
+    assert!(
+        limit >= needed + 64,
+        "this test needs about {needed} open files; the limit is {limit}: raise it (ulimit -n)"
+    );
+}
+
+/// Live tasks of the current tokio runtime.
+pub fn tasks() -> usize {
+    tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+}
+
+/// Waits until the current runtime has exactly `n` live tasks.
+pub async fn wait_tasks(n: usize) {
+    let mut last = 0;
+    wait_until(&format!("{n} live tasks"), async || {
+        last = tasks();
+        last == n
+    })
+    .await;
+}
+
+/// Sends `request`, then (with `half_close`) shuts down the write side, and returns every
+/// byte the server sent until it ended the connection (EOF or reset). Write errors are
+/// ignored: a server may stop reading and reset a connection that sent too much.
+pub async fn exchange(addr: SocketAddr, request: &[u8], half_close: bool) -> Vec<u8> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    if stream.write_all(request).await.is_ok() && half_close {
+        let _ = stream.shutdown().await;
+    }
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match within("the server ending the exchange", stream.read(&mut chunk)).await {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Parses one HTTP answer (head, and a body by `Content-Length`) at the start of `bytes`;
+/// returns it and the number of bytes it took. Panics on anything else.
+pub fn parse_answer(bytes: &[u8]) -> (HttpAnswer, usize) {
+    let head_end = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(bytes)))
+        + 4;
+    let head = std::str::from_utf8(&bytes[..head_end]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    assert!(
+        status_line.starts_with("HTTP/1."),
+        "bad status line {status_line:?}"
+    );
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    let mut answer = HttpAnswer {
+        status,
+        headers,
+        body: String::new(),
+    };
+    let len: usize = answer
+        .header("content-length")
+        .map_or(0, |v| v.parse().unwrap());
+    let end = head_end + len;
+    assert!(bytes.len() >= end, "HTTP body cut short");
+    answer.body = String::from_utf8(bytes[head_end..end].to_vec()).unwrap();
+    (answer, end)
+}
