@@ -1,0 +1,346 @@
+//! `herald-plot`: PNG plots of the benchmark results.
+//!
+//! ```text
+//! herald-plot --criterion-dir target/criterion --ws-csv bench/results/ws.csv --out-dir bench/plots
+//! ```
+//!
+//! * `fanout.png`: deliveries per second against subscribers, herald vs tokio broadcast,
+//!   from criterion's `fanout/*/*/new/{estimates,benchmark}.json` (median time per
+//!   iteration and the elements per iteration);
+//! * `publish.png`: nanoseconds per publish against idle subscribers, from `publish/*/*`;
+//! * `ws.png`: WebSocket deliveries per second against connections, herald vs the
+//!   baseline, one line per rate, from the CSV `bench/run-ws.sh` writes.
+//!
+//! Text is drawn with a TrueType font read at run time (`--font`, DejaVu Sans by default):
+//! plotters' `ab_glyph` backend is pure Rust, so no fontconfig or freetype is needed.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "herald-plot",
+    about = "PNG plots of herald's benchmark results"
+)]
+struct Args {
+    /// criterion's output folder.
+    #[arg(long, default_value = "target/criterion")]
+    criterion_dir: PathBuf,
+    /// The CSV written by bench/run-ws.sh (skipped if absent).
+    #[arg(long, default_value = "bench/results/ws.csv")]
+    ws_csv: PathBuf,
+    /// Where the PNGs go.
+    #[arg(long, default_value = "bench/plots")]
+    out_dir: PathBuf,
+    /// A TrueType font for the labels.
+    #[arg(
+        long,
+        default_value = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf"
+    )]
+    font: PathBuf,
+}
+
+/// One line of a plot: a name and (x label, y) points in x order.
+type Series = (String, Vec<(u64, f64)>);
+
+fn read_json(path: &Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Median nanoseconds per iteration and elements per iteration of one criterion benchmark.
+fn criterion_point(dir: &Path) -> Result<(f64, Option<f64>), String> {
+    let estimates = read_json(&dir.join("new/estimates.json"))?;
+    let median = estimates["median"]["point_estimate"]
+        .as_f64()
+        .ok_or_else(|| format!("{}: no median", dir.display()))?;
+    let elements = read_json(&dir.join("new/benchmark.json"))
+        .ok()
+        .and_then(|b| b["throughput"]["Elements"].as_f64());
+    Ok((median, elements))
+}
+
+/// Every `group/<function>/<param>` of a criterion group: function -> [(param, dir)].
+fn criterion_group(root: &Path, group: &str) -> BTreeMap<String, Vec<(u64, PathBuf)>> {
+    let mut out: BTreeMap<String, Vec<(u64, PathBuf)>> = BTreeMap::new();
+    let Ok(functions) = std::fs::read_dir(root.join(group)) else {
+        return out;
+    };
+    for function in functions.flatten() {
+        let name = function.file_name().to_string_lossy().into_owned();
+        let Ok(params) = std::fs::read_dir(function.path()) else {
+            continue;
+        };
+        for param in params.flatten() {
+            if let Ok(n) = param.file_name().to_string_lossy().parse::<u64>() {
+                out.entry(name.clone()).or_default().push((n, param.path()));
+            }
+        }
+    }
+    for points in out.values_mut() {
+        points.sort_by_key(|(n, _)| *n);
+    }
+    out
+}
+
+fn fanout_series(root: &Path) -> Result<Vec<Series>, String> {
+    let mut series = Vec::new();
+    for (function, points) in criterion_group(root, "fanout") {
+        let mut line = Vec::new();
+        for (subs, dir) in points {
+            let (ns, elements) = criterion_point(&dir)?;
+            let elements = elements.ok_or_else(|| format!("{}: no throughput", dir.display()))?;
+            line.push((subs, elements / (ns * 1e-9)));
+        }
+        series.push((function, line));
+    }
+    Ok(series)
+}
+
+fn publish_series(root: &Path) -> Result<Vec<Series>, String> {
+    let mut series = Vec::new();
+    for (function, points) in criterion_group(root, "publish") {
+        let mut line = Vec::new();
+        for (subs, dir) in points {
+            line.push((subs, criterion_point(&dir)?.0));
+        }
+        series.push((function, line));
+    }
+    Ok(series)
+}
+
+/// `server,rate,conns,...,events_per_s,...` -> one series per (server, rate).
+fn ws_series(csv: &Path) -> Result<Vec<Series>, String> {
+    let text =
+        std::fs::read_to_string(csv).map_err(|e| format!("cannot read {}: {e}", csv.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .ok_or_else(|| format!("{}: empty", csv.display()))?
+        .split(',')
+        .collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .ok_or_else(|| format!("{}: no column {name}", csv.display()))
+    };
+    let (server, rate, conns, eps) = (
+        col("server")?,
+        col("rate")?,
+        col("conns")?,
+        col("events_per_s")?,
+    );
+    let mut by_key: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
+    for (i, line) in lines.enumerate() {
+        let cells: Vec<&str> = line.split(',').collect();
+        let bad = || format!("{} line {}: malformed", csv.display(), i + 2);
+        let get = |c: usize| cells.get(c).copied().ok_or_else(bad);
+        let key = format!("{} rate={}", get(server)?, get(rate)?);
+        let x = get(conns)?.parse::<u64>().map_err(|_| bad())?;
+        let y = get(eps)?.parse::<f64>().map_err(|_| bad())?;
+        by_key.entry(key).or_default().push((x, y));
+    }
+    Ok(by_key
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by_key(|(x, _)| *x);
+            (k, v)
+        })
+        .collect())
+}
+
+/// Draws `series` with categorical x (the distinct x values, evenly spaced).
+fn line_plot(
+    path: &Path,
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    series: &[Series],
+) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", path.display());
+    let mut xs: Vec<u64> = series
+        .iter()
+        .flat_map(|(_, pts)| pts.iter().map(|(x, _)| *x))
+        .collect();
+    xs.sort_unstable();
+    xs.dedup();
+    if xs.is_empty() {
+        return Err(format!("{}: nothing to plot", path.display()));
+    }
+    let y_max = series
+        .iter()
+        .flat_map(|(_, pts)| pts.iter().map(|(_, y)| *y))
+        .fold(0.0f64, f64::max)
+        * 1.15;
+    let index = |x: u64| xs.iter().position(|v| *v == x).unwrap_or(0) as f64;
+    let root = BitMapBackend::new(path, (900, 560)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 24))
+        .margin(16)
+        .x_label_area_size(44)
+        .y_label_area_size(90)
+        .build_cartesian_2d(-0.3f64..(xs.len() as f64 - 0.7), 0.0..y_max.max(1.0))
+        .map_err(|e| err(&e))?;
+    let labels = xs.clone();
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .x_labels(xs.len())
+        .x_label_formatter(&|v| {
+            let i = v.round();
+            if (v - i).abs() < 0.01 && i >= 0.0 && (i as usize) < labels.len() {
+                labels[i as usize].to_string()
+            } else {
+                String::new()
+            }
+        })
+        .y_label_formatter(&|v| human(*v))
+        .draw()
+        .map_err(|e| err(&e))?;
+    for (i, (name, points)) in series.iter().enumerate() {
+        let color = series_color(name, i);
+        let pts: Vec<(f64, f64)> = points.iter().map(|(x, y)| (index(*x), *y)).collect();
+        chart
+            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(3)))
+            .map_err(|e| err(&e))?
+            .label(name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+            });
+        chart
+            .draw_series(pts.iter().map(|p| Circle::new(*p, 4, color.filled())))
+            .map_err(|e| err(&e))?;
+    }
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperLeft)
+        .draw()
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// herald in warm colours, what it is compared with in blue/grey, the rest from a palette.
+fn series_color(name: &str, i: usize) -> RGBAColor {
+    let max = name.contains("rate=max");
+    if name.starts_with("herald_many") {
+        RGBColor(230, 120, 0).to_rgba()
+    } else if name.starts_with("herald") {
+        if max {
+            RGBColor(120, 0, 0)
+        } else {
+            RGBColor(220, 30, 30)
+        }
+        .to_rgba()
+    } else if name.starts_with("tokio") || name.starts_with("baseline") {
+        if max {
+            RGBColor(40, 40, 40)
+        } else {
+            RGBColor(30, 90, 220)
+        }
+        .to_rgba()
+    } else {
+        Palette99::pick(i).to_rgba()
+    }
+}
+
+/// 1234567 -> "1.23M".
+fn human(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1e9 {
+        format!("{:.2}G", v / 1e9)
+    } else if a >= 1e6 {
+        format!("{:.2}M", v / 1e6)
+    } else if a >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn run(args: &Args) -> Result<Vec<PathBuf>, String> {
+    let font = std::fs::read(&args.font).map_err(|e| {
+        format!(
+            "cannot read the font {}: {e} (pass --font with any .ttf file)",
+            args.font.display()
+        )
+    })?;
+    // plotters keeps registered fonts for the life of the process.
+    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+        .map_err(|_| format!("{} is not a usable TrueType font", args.font.display()))?;
+    std::fs::create_dir_all(&args.out_dir)
+        .map_err(|e| format!("cannot create {}: {e}", args.out_dir.display()))?;
+    let mut written = Vec::new();
+
+    let fanout = fanout_series(&args.criterion_dir)?;
+    if !fanout.is_empty() {
+        let path = args.out_dir.join("fanout.png");
+        line_plot(
+            &path,
+            "Fan-out: deliveries/s vs async subscribers (criterion medians)",
+            "subscribers",
+            "deliveries per second",
+            &fanout,
+        )?;
+        written.push(path);
+    }
+    let publish = publish_series(&args.criterion_dir)?;
+    if !publish.is_empty() {
+        let path = args.out_dir.join("publish.png");
+        line_plot(
+            &path,
+            "Publish: ns per publish vs idle subscribers (criterion medians)",
+            "idle subscribers",
+            "ns per publish",
+            &publish,
+        )?;
+        written.push(path);
+    }
+    if args.ws_csv.exists() {
+        let path = args.out_dir.join("ws.png");
+        line_plot(
+            &path,
+            "WebSocket: deliveries/s vs connections (herald-loadgen)",
+            "connections",
+            "deliveries per second",
+            &ws_series(&args.ws_csv)?,
+        )?;
+        written.push(path);
+    }
+    if written.is_empty() {
+        return Err(format!(
+            "no results found under {} or in {}",
+            args.criterion_dir.display(),
+            args.ws_csv.display()
+        ));
+    }
+    Ok(written)
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(paths) => {
+            for p in paths {
+                println!("herald-plot: wrote {}", p.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("herald-plot: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
