@@ -7,7 +7,7 @@
 #
 # Knobs (environment): RATES, CONNS, SECS (window), WARMUP (seconds before the window),
 # LOADGEN_THREADS (client runtime workers; default one per CPU), CSV (output file),
-# HERALD_PORT, BASELINE_PORT. Prints one loadgen line per run, then the herald/baseline
+# APPEND=1 (add rows to an existing CSV), HERALD_PORT, BASELINE_PORT. Prints one loadgen line per run, then the herald/baseline
 # ratios for deliveries per second and p99 latency, and writes every number to $CSV.
 # Exits non-zero if a run fails or any connection saw a gap or a duplicate.
 set -euo pipefail
@@ -18,8 +18,8 @@ CONNS=${CONNS:-"100 1000"}
 SECS=${SECS:-10}
 WARMUP=${WARMUP:-2}
 CSV=${CSV:-bench/results/ws.csv}
-HERALD_PORT=${HERALD_PORT:-41100}
-BASELINE_PORT=${BASELINE_PORT:-41101}
+HERALD_PORT=${HERALD_PORT:-41100}      # run n listens on HERALD_PORT + 2n
+BASELINE_PORT=${BASELINE_PORT:-41101}  # run n listens on BASELINE_PORT + 2n
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 cargo build --release -q -p herald-ws --bin herald -p herald-bench --bin herald-loadgen --bin herald-baseline
@@ -31,7 +31,10 @@ LOADGEN="$TARGET_DIR/release/herald-loadgen"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 mkdir -p "$(dirname "$CSV")"
-echo "server,rate,conns,secs,events_per_s,frames_per_s,bytes_per_s,lagged_notices,missed,gaps,dups,dropped,p50_us,p99_us,p999_us" >"$CSV"
+FIELDS="secs connected events_per_s frames_per_s bytes_per_s lagged_notices missed gaps dups dropped latency_kind p50_us p99_us p999_us fan_p50_us fan_p99_us fan_p999_us"
+if [[ ${APPEND:-0} != 1 || ! -s $CSV ]]; then
+    echo "server,rate,conns,${FIELDS// /,}" >"$CSV"
+fi
 
 SERVER_PID=""
 stop_server() {
@@ -65,24 +68,36 @@ field() { # field LINE KEY
 }
 
 bad=0
+run=0
 for rate in $RATES; do
     for conns in $CONNS; do
         for server in herald baseline; do
+            # A fresh port per run: sockets of the previous server may still hold its port.
+            run=$((run + 1))
             if [[ $server == herald ]]; then
-                port=$HERALD_PORT
+                port=$((HERALD_PORT + 2 * run))
                 "$HERALD" serve --listen "127.0.0.1:$port" --rate "$rate" >/dev/null 2>&1 &
             else
-                port=$BASELINE_PORT
+                port=$((BASELINE_PORT + 2 * run))
                 "$BASELINE" --listen "127.0.0.1:$port" --rate "$rate" >/dev/null 2>&1 &
             fi
             SERVER_PID=$!
             wait_healthy "$port"
-            line=$("$LOADGEN" --url "ws://127.0.0.1:$port/ws/events" --conns "$conns" \
-                --secs "$SECS" --warmup-secs "$WARMUP" ${LOADGEN_THREADS:+--threads "$LOADGEN_THREADS"})
+            # A fixed rate lets the load generator time deliveries against the publish schedule.
+            rate_arg=()
+            if [[ $rate != max ]]; then rate_arg=(--rate "$rate"); fi
+            if ! line=$("$LOADGEN" --url "ws://127.0.0.1:$port/ws/events" --conns "$conns" \
+                --secs "$SECS" --warmup-secs "$WARMUP" "${rate_arg[@]}" \
+                ${LOADGEN_THREADS:+--threads "$LOADGEN_THREADS"}); then
+                stop_server
+                echo "run-ws: the load generator failed against $server at rate=$rate conns=$conns" >&2
+                bad=1
+                continue
+            fi
             stop_server
             echo "$server rate=$rate $line"
             row="$server,$rate,$conns"
-            for k in secs events_per_s frames_per_s bytes_per_s lagged_notices missed gaps dups dropped p50_us p99_us p999_us; do
+            for k in $FIELDS; do
                 row="$row,$(field "$line" "$k")"
             done
             echo "$row" >>"$CSV"
@@ -95,9 +110,11 @@ for rate in $RATES; do
 done
 
 echo
-echo "ratio herald/baseline (deliveries/s: higher is better; p99 latency: lower is better)"
+echo "ratio herald/baseline (deliveries/s: higher is better; p99 latency: lower is better;"
+echo "latency against the publish schedule at a fixed rate, fan-out spread at max)"
 printf '%-6s %-6s %14s %14s %8s %10s %10s %8s\n' rate conns herald_ev/s baseline_ev/s ratio herald_p99 base_p99 ratio
-awk -F, 'NR > 1 { key = $2 "," $3; ev[$1 "," key] = $5; p99[$1 "," key] = $14; keys[key] = 1 }
+awk -F, 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i; next }
+    { key = $2 "," $3; ev[$1 "," key] = $col["events_per_s"]; p99[$1 "," key] = $col["p99_us"]; keys[key] = 1 }
     END {
         for (k in keys) {
             split(k, rc, ",")

@@ -9,9 +9,11 @@
 //! into counts of events, `lagged` notices, announced misses, unannounced gaps and
 //! duplicates.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
 
+use hdrhistogram::Histogram;
 use herald_core::event::{EventKind, ServerMessage, decode};
 
 /// One frame, as far as the load generator cares.
@@ -211,10 +213,73 @@ pub struct Summary {
     pub whole_run: SeqTracker,
     /// Connections that ended before the run did (closed by the server or failed).
     pub dropped: usize,
-    /// Receive-latency percentiles in microseconds (see the binary's docs): p50, p99, p99.9.
+    /// Publish-to-receive latency percentiles in microseconds, p50, p99, p99.9: against the
+    /// publish schedule when the rate is known ([`schedule_latency`]), else the fan-out
+    /// spread ([`fanout_latency`]).
     pub latency_us: [u64; 3],
+    /// Which of the two `latency_us` is: `schedule` or `fanout`.
+    pub latency_kind: &'static str,
+    /// Fan-out spread percentiles in microseconds ([`fanout_latency`]), always measured.
+    pub fanout_us: [u64; 3],
     /// Latency samples taken.
     pub latency_samples: u64,
+}
+
+/// One latency sample: an event's sequence number and when a connection read it, in
+/// nanoseconds since a common origin.
+pub type Sample = (u64, u64);
+
+/// Microseconds up to one hour, 3 significant figures. Fixed bounds: `saturating_record`
+/// does not grow an auto-resizing histogram, it would clamp at the initial range.
+fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)
+        .expect("1 us to 1 h at 3 significant figures is a valid histogram")
+}
+
+/// p50, p99 and p99.9 of `hist`, in its unit.
+#[must_use]
+pub fn percentiles(hist: &Histogram<u64>) -> [u64; 3] {
+    [0.5, 0.99, 0.999].map(|q| hist.value_at_quantile(q))
+}
+
+/// Fan-out spread in microseconds: for each sample, the time a connection read the event
+/// minus the earliest time any connection read the same event. It leaves out the first
+/// delivery's own latency and needs no knowledge of when the event was published.
+#[must_use]
+pub fn fanout_latency(samples: &[Sample]) -> Histogram<u64> {
+    let mut first: HashMap<u64, u64> = HashMap::new();
+    for &(seq, at) in samples {
+        first
+            .entry(seq)
+            .and_modify(|t| *t = (*t).min(at))
+            .or_insert(at);
+    }
+    let mut hist = histogram();
+    for &(seq, at) in samples {
+        hist.saturating_record((at - first[&seq]) / 1_000);
+    }
+    hist
+}
+
+/// Latency against the publish schedule, in microseconds, for a publisher that publishes
+/// event `seq` at `origin + seq / rate` (both simulated nodes do, after the seal). The
+/// origin is unknown to the client; it is taken as the earliest `at - seq / rate` over all
+/// samples, so the fastest delivery observed counts as 0 and every other one is measured
+/// from there: queueing in the server, in the network and in the client are all included.
+#[must_use]
+pub fn schedule_latency(samples: &[Sample], rate: u64) -> Histogram<u64> {
+    let due = |seq: u64| u64::try_from(u128::from(seq) * 1_000_000_000 / u128::from(rate.max(1)));
+    let offsets: Vec<i128> = samples
+        .iter()
+        .map(|&(seq, at)| i128::from(at) - i128::from(due(seq).unwrap_or(u64::MAX)))
+        .collect();
+    let mut hist = histogram();
+    if let Some(&origin) = offsets.iter().min() {
+        for offset in offsets {
+            hist.saturating_record(u64::try_from((offset - origin) / 1_000).unwrap_or(u64::MAX));
+        }
+    }
+    hist
 }
 
 impl Summary {
@@ -232,7 +297,7 @@ impl fmt::Display for Summary {
             "loadgen conns={} connected={} secs={:.2} frames={} frames_per_s={:.0} \
              events={} events_per_s={:.0} bytes_per_s={:.0} lagged_notices={} missed={} \
              gaps={} dups={} unsequenced={} dropped={} p50_us={} p99_us={} p999_us={} \
-             latency_samples={}",
+             latency_kind={} fan_p50_us={} fan_p99_us={} fan_p999_us={} latency_samples={}",
             self.conns,
             self.connected,
             self.secs,
@@ -250,6 +315,10 @@ impl fmt::Display for Summary {
             self.latency_us[0],
             self.latency_us[1],
             self.latency_us[2],
+            self.latency_kind,
+            self.fanout_us[0],
+            self.fanout_us[1],
+            self.fanout_us[2],
             self.latency_samples,
         )
     }
@@ -398,6 +467,8 @@ mod tests {
             whole_run: SeqTracker::new(),
             dropped: 0,
             latency_us: [10, 200, 900],
+            latency_kind: "schedule",
+            fanout_us: [1, 2, 3],
             latency_samples: 50,
         };
         let line = s.to_string();
@@ -405,6 +476,52 @@ mod tests {
         assert_eq!(parse_summary_field(&line, "events_per_s"), Some(1000.0));
         assert_eq!(parse_summary_field(&line, "p99_us"), Some(200.0));
         assert_eq!(parse_summary_field(&line, "gaps"), Some(0.0));
+        assert_eq!(parse_summary_field(&line, "fan_p999_us"), Some(3.0));
+        assert!(line.contains(" latency_kind=schedule "));
         assert_eq!(parse_summary_field(&line, "nope"), None);
+    }
+
+    const MS: u64 = 1_000_000;
+
+    #[test]
+    fn fanout_latency_is_relative_to_the_first_reader() {
+        // Event 0 read at 10 ms, 11 ms, 13 ms; event 64 at 20 ms and 20 ms.
+        let samples = [
+            (0, 10 * MS),
+            (0, 11 * MS),
+            (0, 13 * MS),
+            (64, 20 * MS),
+            (64, 20 * MS),
+        ];
+        let hist = fanout_latency(&samples);
+        assert_eq!(hist.len(), 5);
+        assert_eq!(hist.min(), 0);
+        assert!(hist.equivalent(hist.max(), 3_000), "max {}", hist.max());
+        // Far beyond the old auto-resize range: recorded, not clamped.
+        let late = fanout_latency(&[(0, 0), (0, 60_000 * MS)]);
+        assert!(
+            late.equivalent(late.max(), 60_000_000),
+            "max {}",
+            late.max()
+        );
+        assert_eq!(hist.count_between(0, 0), 3);
+    }
+
+    #[test]
+    fn schedule_latency_follows_the_rate() {
+        // 1000 events/s: event k due at origin + k ms. Event 0 read 50 us after it was due
+        // (the fastest), event 100 read 2 ms late, event 200 read 50 us late again.
+        let origin = 1_000 * MS;
+        let samples = [
+            (0, origin + 50_000),
+            (100, origin + 100 * MS + 2 * MS),
+            (200, origin + 200 * MS + 50_000),
+        ];
+        let hist = schedule_latency(&samples, 1_000);
+        assert_eq!(hist.len(), 3);
+        assert_eq!(hist.count_between(0, 0), 2);
+        assert!(hist.equivalent(hist.max(), 1_950), "max {}", hist.max());
+        assert_eq!(percentiles(&hist)[0], 0);
+        assert_eq!(schedule_latency(&[], 1_000).len(), 0);
     }
 }

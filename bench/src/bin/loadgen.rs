@@ -19,19 +19,27 @@
 //! events received twice or out of order, per connection, over the whole run.
 //!
 //! **Latency.** The simulated node's block `timestamp` is its simulated block time in
-//! milliseconds (and at `--rate max` it runs ahead of the clock), so it cannot time a
-//! delivery. The load generator measures on the receive side instead: for every event whose
-//! sequence number is a multiple of `--sample-every`, each connection notes when it read it;
-//! an event's latency on a connection is that time minus the earliest time any connection
-//! read the same event. That is the fan-out delay a server adds after its first delivery,
-//! which is what grows with the number of connections; it leaves out the first delivery's
-//! own publish-to-socket time (one wake-up and one write, tens of microseconds on loopback).
+//! milliseconds, one stamp for the two or three events of a block (and at `--rate max` it
+//! runs ahead of the clock), so it cannot time a delivery to the microsecond. The load
+//! generator measures on the receive side instead: for every event whose sequence number
+//! is a multiple of `--sample-every`, each connection notes when it read it. Two measures
+//! come from those samples:
+//!
+//! * **schedule** (`p50_us`.., with `--rate N`): both simulated nodes publish live event
+//!   `k` at `origin + k / rate`. The origin is taken as the earliest `read - k / rate` over
+//!   all samples, so the fastest delivery seen counts as 0 and every other sample is its
+//!   delay beyond that: the server's fan-out and queueing, lag backlog included, and the
+//!   client's own scheduling. It assumes the publisher keeps its schedule (the simulator's
+//!   timer wakes once per millisecond, which adds up to ~1 ms of publish jitter to both
+//!   servers alike).
+//! * **fan-out spread** (`fan_p50_us`.., always; also `p50_us`.. without `--rate`): the
+//!   time a connection read an event minus the earliest time any connection read it. It
+//!   needs no schedule, but misses delay that every connection shares (a backlog).
 //!
 //! **File descriptors.** Each connection is a socket; thousands of them exceed the common
 //! default soft limit of 1024 open files, so the soft `RLIMIT_NOFILE` is raised towards the
 //! hard limit at start (an error says so when the hard limit is too low).
 
-use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::process::ExitCode;
@@ -42,8 +50,9 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use fastwebsockets::{OpCode, Role, WebSocket};
-use hdrhistogram::Histogram;
-use herald_bench::loadgen::{Frame, SeqTracker, Summary, classify};
+use herald_bench::loadgen::{
+    Frame, Sample, SeqTracker, Summary, classify, fanout_latency, percentiles, schedule_latency,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
@@ -72,6 +81,10 @@ struct Args {
     /// Take a latency sample of every event whose sequence number is a multiple of this.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..))]
     sample_every: u64,
+    /// The server's publish rate in events per second, when it is fixed (not `max`): latency
+    /// is then measured against the publish schedule (see the module docs).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    rate: Option<u64>,
     /// Connections being opened at the same time.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     connect_concurrency: u32,
@@ -340,30 +353,8 @@ async fn run_connection(
     out
 }
 
-fn percentiles(results: &[ConnResult]) -> ([u64; 3], u64) {
-    let mut first: HashMap<u64, Instant> = HashMap::new();
-    for (seq, at) in results.iter().flat_map(|r| r.samples.iter()) {
-        first
-            .entry(*seq)
-            .and_modify(|t| *t = (*t).min(*at))
-            .or_insert(*at);
-    }
-    let mut hist = Histogram::<u64>::new(3).expect("3 significant figures is valid");
-    for (seq, at) in results.iter().flat_map(|r| r.samples.iter()) {
-        let us = at.duration_since(first[seq]).as_micros();
-        hist.saturating_record(u64::try_from(us).unwrap_or(u64::MAX));
-    }
-    (
-        [
-            hist.value_at_quantile(0.5),
-            hist.value_at_quantile(0.99),
-            hist.value_at_quantile(0.999),
-        ],
-        hist.len(),
-    )
-}
-
 async fn run(args: Args, target: Target) -> Result<Summary, String> {
+    let origin = Instant::now();
     let target = Arc::new(target);
     let phase = Arc::new(AtomicU8::new(WARMUP));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -445,7 +436,19 @@ async fn run(args: Args, target: Target) -> Result<Summary, String> {
         window.add(&r.window);
         whole_run.add(&r.whole_run);
     }
-    let (latency_us, latency_samples) = percentiles(&results);
+    let samples: Vec<Sample> = results
+        .iter()
+        .flat_map(|r| r.samples.iter())
+        .map(|&(seq, at)| {
+            let nanos = at.saturating_duration_since(origin).as_nanos();
+            (seq, u64::try_from(nanos).unwrap_or(u64::MAX))
+        })
+        .collect();
+    let fanout = fanout_latency(&samples);
+    let (latency_us, latency_kind) = match args.rate {
+        Some(rate) => (percentiles(&schedule_latency(&samples, rate)), "schedule"),
+        None => (percentiles(&fanout), "fanout"),
+    };
     if let Some(e) = results.iter().find_map(|r| r.error.as_ref()) {
         eprintln!("herald-loadgen: note: a connection reported: {e}");
     }
@@ -459,7 +462,9 @@ async fn run(args: Args, target: Target) -> Result<Summary, String> {
         whole_run,
         dropped: results.iter().filter(|r| r.dropped).count(),
         latency_us,
-        latency_samples,
+        latency_kind,
+        fanout_us: percentiles(&fanout),
+        latency_samples: fanout.len(),
     })
 }
 
