@@ -26,9 +26,14 @@
 //!    answered with pongs, a close frame is answered and ends the connection, text and binary
 //!    messages are read and dropped. Messages over `max_message_size` close with 1009,
 //!    protocol errors with 1002, text that is not UTF-8 with 1007 ([`Parser`]).
-//! 6. **liveness**: a client the server has heard nothing from for `ping_interval` is pinged;
-//!    one that does not answer within `ping_timeout` is dropped. A client that stopped
-//!    reading altogether cannot receive the ping either, so it is dropped too.
+//! 6. **liveness**: a client the server has heard nothing from for `ping_interval` is pinged.
+//!    It is dropped when `ping_timeout` passes (counted from when the ping reached the
+//!    socket) with neither its pong nor any reading progress: a client that is still
+//!    reading (the socket keeps accepting our bytes) is alive even while its pong waits
+//!    behind the events it has to read first, and gets another `ping_timeout`. So an idle
+//!    client that does not answer is dropped one `ping_timeout` after the ping, and so is one
+//!    that stopped reading altogether (it cannot even receive the ping); a client that keeps
+//!    reading a busy stream is kept, and told about what it misses by `lagged` notices.
 //! 7. **closing**: on server shutdown (or when the bus closes) the connection sends close
 //!    1001 after what is already queued, waits up to [`CLOSE_TIMEOUT`] for the client's
 //!    close frame, and drops the socket. After the client's close frame, the server answers
@@ -117,6 +122,52 @@ enum Phase {
     },
 }
 
+/// Our unanswered ping, and what the liveness check (module docs, 6) needs to know about it.
+struct Ping {
+    payload: Bytes,
+    /// `outbox.written()` once the ping itself is handed to the socket.
+    end: u64,
+    /// Whether it has been handed to the socket.
+    handed: bool,
+    /// The pong is due `ping_timeout` after this: when the ping was handed to the socket,
+    /// or when the client last showed that it reads.
+    armed_at: Instant,
+    /// `outbox.written()` at `armed_at`.
+    armed_written: u64,
+}
+
+impl Ping {
+    fn queued(payload: Bytes, outbox: &Outbox, now: Instant) -> Self {
+        Self {
+            end: outbox.written() + outbox.unwritten(),
+            payload,
+            handed: false,
+            armed_at: now,
+            armed_written: outbox.written(),
+        }
+    }
+
+    /// After a drain: once the ping is out, the pong is due a timeout from now.
+    fn drained(&mut self, outbox: &Outbox, now: Instant) {
+        if !self.handed && outbox.written() >= self.end {
+            self.handed = true;
+            (self.armed_at, self.armed_written) = (now, outbox.written());
+        }
+    }
+
+    /// The timeout passed without a pong. True (and re-armed) if the socket accepted more
+    /// of our bytes since the last check: the client is reading, and its pong may wait
+    /// behind the events it still has to read. False: it neither answered nor read; drop
+    /// it.
+    fn still_reading(&mut self, outbox: &Outbox, now: Instant) -> bool {
+        if outbox.written() == self.armed_written {
+            return false;
+        }
+        (self.armed_at, self.armed_written) = (now, outbox.written());
+        true
+    }
+}
+
 /// Streams events to one client until the connection ends (module docs).
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn stream_events<R, W>(
@@ -143,7 +194,7 @@ pub(crate) async fn stream_events<R, W>(
     let mut peer_closed = false; // the client's close frame arrived
     let mut read_open = true; // the client has not closed its side of the TCP connection
     let mut last_heard = Instant::now();
-    let mut ping_sent: Option<(Instant, Bytes)> = None; // our unanswered ping
+    let mut ping_sent: Option<Ping> = None; // our unanswered ping
     let mut pings = 0u64;
     let timer = tokio::time::sleep_until(last_heard + config.ping_interval);
     tokio::pin!(timer);
@@ -178,7 +229,7 @@ pub(crate) async fn stream_events<R, W>(
                             }
                         }
                         Inbound::Pong(payload) => {
-                            if ping_sent.as_ref().is_some_and(|(_, p)| *p == payload) {
+                            if ping_sent.as_ref().is_some_and(|p| p.payload == payload) {
                                 ping_sent = None;
                             }
                         }
@@ -219,7 +270,7 @@ pub(crate) async fn stream_events<R, W>(
         // 6. The next timer deadline: closing, the ping's answer, or the next ping.
         let deadline = match (phase, &ping_sent) {
             (Phase::Closing { deadline, .. }, _) => deadline,
-            (Phase::Streaming, Some((sent, _))) => *sent + config.ping_timeout,
+            (Phase::Streaming, Some(ping)) => ping.armed_at + config.ping_timeout,
             (Phase::Streaming, None) => last_heard + config.ping_interval,
         };
         if timer.deadline() != deadline {
@@ -241,6 +292,8 @@ pub(crate) async fn stream_events<R, W>(
                 let now = Instant::now();
                 match phase {
                     Phase::Closing { .. } => return, // the client never finished closing
+                    Phase::Streaming
+                        if ping_sent.as_mut().is_some_and(|p| p.still_reading(&outbox, now)) => {}
                     Phase::Streaming if ping_sent.is_some() => {
                         metrics::add(&metrics.ping_timeouts, 1);
                         tracing::debug!("dropping a client that did not answer a ping");
@@ -250,7 +303,7 @@ pub(crate) async fn stream_events<R, W>(
                         pings += 1;
                         let payload = Bytes::copy_from_slice(&pings.to_be_bytes());
                         outbox.push_ping(payload.clone());
-                        ping_sent = Some((now, payload));
+                        ping_sent = Some(Ping::queued(payload, &outbox, now));
                     }
                     Phase::Streaming => {} // heard from the client since: the deadline moves
                 }
@@ -260,6 +313,9 @@ pub(crate) async fn stream_events<R, W>(
             drained = poll_fn(|cx| outbox.poll_drain(cx, &mut writer)), if !outbox.is_empty() => {
                 match drained {
                     Ok(d) => {
+                        if let Some(ping) = ping_sent.as_mut() {
+                            ping.drained(&outbox, Instant::now());
+                        }
                         metrics::add(&metrics.events_delivered, d.events);
                         metrics::add(&metrics.bytes_sent, d.bytes);
                     }

@@ -118,6 +118,9 @@ pub struct Outbox {
     flat_pos: usize,
     /// Queued frames not yet reported by `poll_drain`.
     pending: Drained,
+    /// Bytes handed to the socket since the outbox was made, partial writes included: the
+    /// client's reading progress, for the liveness check.
+    written: u64,
     /// Control frames queued (pong, ping, close): the connection stops reading the client
     /// while too many of its answers wait.
     controls: usize,
@@ -134,6 +137,18 @@ impl Outbox {
     /// Whether nothing is waiting to be written.
     pub fn is_empty(&self) -> bool {
         self.next == self.frames.len() && self.flat_pos == self.flat.len()
+    }
+
+    /// Bytes the socket has accepted so far (partial writes included). While this grows,
+    /// the client is reading.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Bytes queued and not yet accepted by the socket.
+    pub fn unwritten(&self) -> u64 {
+        let queued: usize = self.frames[self.next..].iter().map(OutFrame::len).sum();
+        (queued - self.offset + (self.flat.len() - self.flat_pos)) as u64
     }
 
     /// Control frames queued since the outbox was last empty.
@@ -254,6 +269,7 @@ impl Outbox {
 
     /// Marks `n` more bytes as written.
     fn advance(&mut self, mut n: usize) {
+        self.written += n as u64;
         while n > 0 {
             let rest = self.frames[self.next].len() - self.offset;
             if n >= rest {
@@ -286,6 +302,7 @@ impl Outbox {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             self.flat_pos += written;
+            self.written += written as u64;
         }
         Poll::Ready(Ok(()))
     }

@@ -276,3 +276,54 @@ async fn frames_sent_with_the_upgrade_request_are_read() {
     let pong = client.skip_to(OP_PONG, 10).await;
     assert_eq!(pong.payload, b"early");
 }
+
+/// A client that keeps reading, only slowly, is alive even while its pong waits behind the
+/// events it still has to read: liveness counts its reading progress, and it is not dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_reader_whose_pong_waits_behind_events_is_not_dropped() {
+    let config = ServerConfig {
+        ping_interval: Duration::from_millis(200),
+        ping_timeout: Duration::from_millis(1000),
+        ..ServerConfig::default()
+    };
+    let server = TestServer::start(node(1 << 13), config).await;
+    let mut client = Client::connect_small_buffer(server.addr, "/ws/events").await;
+    client.expect_started().await;
+    client.expect_events(&startup_events()).await;
+
+    // About 9 MB of backlog. The client reads the first 7.5 MB at about 2 MB/s, so a pong
+    // waits behind several MB of events (in the server's queue and the socket buffers),
+    // longer than `ping_timeout`; the kernel lets the server write in chunks, a few hundred
+    // ms apart at this pace. Then, once the server has handed everything to the socket and
+    // sees no more progress, the client reads the rest at full speed.
+    const N: usize = 6000;
+    const SLOW: usize = 5000;
+    let big = |i: usize| Event::NodeStarted {
+        address: format!("rnode://{i:040x}@{}", "h".repeat(1500)),
+    };
+    for i in 0..N {
+        server.bus.publish(big(i));
+    }
+
+    let (mut events, mut pings) = (0, 0);
+    while events < N {
+        let frame = client.frame().await;
+        match frame.opcode {
+            OP_PING => {
+                pings += 1;
+                client.send(true, OP_PONG, &frame.payload).await;
+            }
+            OP_TEXT => {
+                assert_eq!(frame.text().as_bytes(), &big(events).encode()[..]);
+                events += 1;
+                if events < SLOW && events % 4 == 0 {
+                    tokio::time::sleep(Duration::from_millis(3)).await; // a slow reader
+                }
+            }
+            other => panic!("unexpected frame with opcode {other}"),
+        }
+    }
+    assert!(pings >= 1, "the server pinged while the client read");
+    assert_eq!(server.metric("herald_ws_ping_timeouts_total").await, 0);
+    server.wait_subscribers(1).await;
+}
