@@ -210,9 +210,7 @@ async fn serve_node(args: &ServeArgs) -> ExitCode {
         let _ = server_stopped.await;
     }));
     let (stop_node, node_stopped) = oneshot::channel::<()>();
-    let node = tokio::spawn(simulator.run(bus, async move {
-        let _ = node_stopped.await;
-    }));
+    let node = run_node_thread(simulator, bus, node_stopped);
     tracing::info!(
         listen = %local,
         role = %args.role,
@@ -252,8 +250,8 @@ async fn serve_node(args: &ServeArgs) -> ExitCode {
     };
     // Streams are closed (1001) before the node stops, so no client sees the bus end first.
     let _ = stop_node.send(());
-    if let Err(e) = node.await {
-        tracing::error!("simulated node task failed: {e}");
+    if node.await.is_err() {
+        tracing::error!("the simulated node's thread failed");
     }
     // With the node's bus dropped, the extractor finishes the blocks it accepted and ends.
     if let Some((stats, task)) = extractor {
@@ -271,6 +269,35 @@ async fn serve_node(args: &ServeArgs) -> ExitCode {
     }
     tracing::info!("stopped");
     code
+}
+
+/// Runs the simulated node on a thread of its own (with a single-threaded runtime for its
+/// pacing), so that a server busy with thousands of clients never delays the node's
+/// publishing: the paced rate stays the rate asked for. Resolves when the node has stopped.
+fn run_node_thread(
+    simulator: Simulator,
+    bus: herald_core::bus::Bus,
+    stop: oneshot::Receiver<()>,
+) -> oneshot::Receiver<()> {
+    let (done, finished) = oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("herald-node".into())
+        .spawn(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .build()
+            {
+                Ok(rt) => rt.block_on(simulator.run(bus, async move {
+                    let _ = stop.await;
+                })),
+                Err(e) => tracing::error!("cannot start the simulated node's runtime: {e}"),
+            }
+            let _ = done.send(());
+        });
+    if let Err(e) = spawned {
+        tracing::error!("cannot start the simulated node's thread: {e}");
+    }
+    finished
 }
 
 /// Waits for SIGINT (Ctrl-C) or, on Unix, SIGTERM; returns which.
