@@ -119,38 +119,9 @@ pub struct BusTap {
     tap: Tap<Published>,
 }
 
-/// A snapshot of the bus's counters.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct BusStats {
-    /// Events published (the next sequence number).
-    pub published: u64,
-    /// Live subscribers.
-    pub subscribers: usize,
-    /// Sum of every `missed` reported to a subscriber.
-    pub lagged: u64,
-    /// Startup events kept for replay.
-    pub startup_len: u64,
-    /// Startup events not kept because the segment was full.
-    pub startup_dropped: u64,
-    /// Whether the startup segment is sealed.
-    pub sealed: bool,
-    /// Live events retained.
-    pub capacity: usize,
-}
-
-impl From<ring::RingStats> for BusStats {
-    fn from(s: ring::RingStats) -> Self {
-        Self {
-            published: s.published,
-            subscribers: s.subscribers,
-            lagged: s.lagged,
-            startup_len: s.startup_len,
-            startup_dropped: s.startup_dropped,
-            sealed: s.sealed,
-            capacity: s.capacity,
-        }
-    }
-}
+/// A snapshot of the bus's counters: the ring's (published, live subscribers, reported
+/// lag, startup segment, sealed, capacity).
+pub type BusStats = ring::RingStats;
 
 impl Bus {
     /// A new, open bus.
@@ -210,7 +181,7 @@ impl Bus {
 
     /// Current counters.
     pub fn stats(&self) -> BusStats {
-        self.publisher.stats().into()
+        self.publisher.stats()
     }
 }
 
@@ -242,6 +213,6 @@ impl BusTap {
 
     /// Current counters.
     pub fn stats(&self) -> BusStats {
-        self.tap.stats().into()
+        self.tap.stats()
     }
 }
