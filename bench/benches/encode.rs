@@ -7,6 +7,10 @@
 //! * `encode/shared_second_access`: `BusEntry::json()` once it is already computed, which
 //!   is what every subscriber but the first pays on herald.
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -33,6 +33,10 @@
 //! * `mpsc/{herald,tokio}/{producers}`: 2 and 4 producer threads, one consumer thread,
 //!   lossless the same way.
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::hint::black_box;
 use std::sync::Arc;
 use std::sync::Barrier;

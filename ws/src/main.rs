@@ -5,6 +5,10 @@
 //! herald tail [ws://127.0.0.1:40403/ws/events] [--events a,b] [--count N] [--json] [--stats]
 //! ```
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io::{self, IsTerminal, Write};
 use std::net::SocketAddr;
 use std::process::ExitCode;

@@ -22,6 +22,10 @@
 //! gains `"seq"`) and tells a client that fell behind with herald's `lagged` notice (the
 //! replaced node skipped silently); neither changes its cost in any way that matters.
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::ExitCode;

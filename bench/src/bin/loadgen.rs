@@ -40,6 +40,10 @@
 //! default soft limit of 1024 open files, so the soft `RLIMIT_NOFILE` is raised towards the
 //! hard limit at start (an error says so when the hard limit is too low).
 
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::io;
 use std::pin::Pin;
 use std::process::ExitCode;
