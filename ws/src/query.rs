@@ -329,4 +329,131 @@ mod tests {
             assert_eq!(err.to_string(), *message, "query {query:?}");
         }
     }
+
+    mod properties {
+        //! Property tests: any input is answered without a panic, valid queries however
+        //! encoded and ordered mean what they say, and an error names the bad parameter.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// `s` with each byte percent-encoded or not, at random (`%2c` or `%2C`).
+        fn encoded(s: String) -> impl Strategy<Value = String> {
+            let n = s.len();
+            proptest::collection::vec((any::<bool>(), any::<bool>()), n).prop_map(move |how| {
+                let mut out = String::new();
+                for (b, (encode, upper)) in s.bytes().zip(how) {
+                    match (encode, upper) {
+                        (false, _) => out.push(b as char),
+                        (true, true) => out.push_str(&format!("%{b:02X}")),
+                        (true, false) => out.push_str(&format!("%{b:02x}")),
+                    }
+                }
+                out
+            })
+        }
+
+        /// A valid query: each parameter at most once, in any order, names and values
+        /// percent-encoded at random, with empty segments anywhere. Also what it means.
+        fn valid_query() -> impl Strategy<Value = (String, Extensions)> {
+            let kinds = proptest::option::of(proptest::collection::vec(
+                proptest::sample::select(EventKind::ALL.to_vec()),
+                1..12,
+            ));
+            (
+                kinds,
+                proptest::option::of(any::<bool>()),
+                proptest::option::of(any::<u64>()),
+            )
+                .prop_flat_map(|(kinds, seq, from)| {
+                    let mut expected = Extensions::default();
+                    let mut pairs: Vec<(String, String)> = Vec::new();
+                    if let Some(kinds) = &kinds {
+                        expected.events = kinds.iter().fold(EventFilter::NONE, |f, k| f.with(*k));
+                        let list: Vec<&str> = kinds.iter().map(|k| k.as_str()).collect();
+                        pairs.push(("events".into(), list.join(",")));
+                    }
+                    if let Some(seq) = seq {
+                        expected.seq = seq;
+                        pairs.push(("seq".into(), seq.to_string()));
+                    }
+                    if let Some(from) = from {
+                        expected.from = Some(from);
+                        pairs.push(("from".into(), from.to_string()));
+                    }
+                    let segments: Vec<_> = pairs
+                        .into_iter()
+                        .map(|(name, value)| {
+                            (encoded(name), encoded(value)).prop_map(|(n, v)| format!("{n}={v}"))
+                        })
+                        .collect();
+                    (
+                        Just(expected),
+                        segments,
+                        proptest::collection::vec(0..4usize, 0..4),
+                    )
+                })
+                .prop_flat_map(|(expected, segments, empties)| {
+                    (Just(expected), Just(segments).prop_shuffle(), Just(empties))
+                })
+                .prop_map(|(expected, mut segments, empties)| {
+                    for at in empties {
+                        segments.insert(at.min(segments.len()), String::new());
+                    }
+                    (segments.join("&"), expected)
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn any_query_is_answered_and_errors_name_a_parameter(query in ".{0,200}") {
+                if let Err(e) = parse(Some(&query)) {
+                    let message = e.to_string();
+                    prop_assert!(message.starts_with("bad query parameter `"), "{}", message);
+                }
+            }
+
+            #[test]
+            fn any_ascii_soup_is_answered(query in "[a-z=&%,+0-9A-F-]{0,80}") {
+                if let Err(e) = parse(Some(&query)) {
+                    prop_assert!(e.to_string().starts_with("bad query parameter `"));
+                }
+            }
+
+            #[test]
+            fn valid_queries_mean_what_they_say((query, expected) in valid_query()) {
+                prop_assert_eq!(parse(Some(&query)), Ok(expected), "{}", query);
+            }
+
+            #[test]
+            fn one_bad_parameter_is_the_one_named(
+                (query, _) in valid_query(),
+                bad in prop_oneof![
+                    "[a-z]{1,8}".prop_filter("known", |n| !["events", "seq", "from"].contains(&n.as_str()))
+                        .prop_map(|n| (n.clone(), format!("{n}=1"))),
+                    "[a-z0-9]{0,6}".prop_filter("valid", |v| v != "true" && v != "false")
+                        .prop_map(|v| ("seq".to_owned(), format!("seq={v}"))),
+                    "[a-z+-]{1,6}[0-9]{0,3}".prop_map(|v| ("from".to_owned(), format!("from={v}"))),
+                    "[1-9][0-9]{20,24}".prop_map(|v| ("from".to_owned(), format!("from={v}"))),
+                    "[a-z]{1,10}".prop_filter("known", |n| n.parse::<EventKind>().is_err())
+                        .prop_map(|n| ("events".to_owned(), format!("events=block-added,{n}"))),
+                ],
+                at in any::<prop::sample::Index>(),
+            ) {
+                let (name, segment) = bad;
+                // The valid query without the parameter the bad one is about (a repeat
+                // would be reported instead).
+                let mut segments: Vec<&str> = query
+                    .split('&')
+                    .filter(|s| decode(s.split('=').next().unwrap_or("")).ok().as_deref() != Some(name.as_str()))
+                    .collect();
+                segments.insert(at.index(segments.len() + 1), &segment);
+                let query = segments.join("&");
+                let message = parse(Some(&query)).expect_err(&query).to_string();
+                let prefix = format!("bad query parameter `{name}`");
+                prop_assert!(message.starts_with(&prefix), "{} -> {}", query, message);
+            }
+        }
+    }
 }

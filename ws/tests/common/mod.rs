@@ -519,21 +519,28 @@ pub fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
 
 static PANICS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// Counts every panic of this process from now on (server tasks included: tokio catches a
-/// task's panic, so without this a panicking connection would only look like a closed one).
+/// From now on, counts the panics on tokio's worker threads, where the server's tasks run:
+/// tokio catches a task's panic, so without this a panicking connection would only look
+/// like a closed one. (Tasks a test spawns run there too; the test threads themselves,
+/// whose panics are test failures anyway, are not counted.)
 pub fn count_panics() {
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            // Relaxed: a counter read by `panics`; no other memory is published through it.
-            PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if std::thread::current()
+                .name()
+                .is_some_and(|n| n.starts_with("tokio-"))
+            {
+                // Relaxed: a counter read by `panics`; nothing is published through it.
+                PANICS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             previous(info);
         }));
     });
 }
 
-/// Panics seen since [`count_panics`] was first called.
+/// Panics on tokio worker threads since [`count_panics`] was first called.
 pub fn panics() -> usize {
     // Relaxed: pairs with the Relaxed increment in the hook; the test reads it after the
     // server's tasks it cares about have ended (joined through the server's teardown).
@@ -624,6 +631,11 @@ pub async fn exchange(addr: SocketAddr, request: &[u8], half_close: bool) -> Vec
 /// Parses one HTTP answer (head, and a body by `Content-Length`) at the start of `bytes`;
 /// returns it and the number of bytes it took. Panics on anything else.
 pub fn parse_answer(bytes: &[u8]) -> (HttpAnswer, usize) {
+    parse_answer_to(bytes, true)
+}
+
+/// As [`parse_answer`]; `with_body: false` for an answer to `HEAD`, which has none.
+pub fn parse_answer_to(bytes: &[u8], with_body: bool) -> (HttpAnswer, usize) {
     let head_end = bytes
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -649,11 +661,43 @@ pub fn parse_answer(bytes: &[u8]) -> (HttpAnswer, usize) {
         headers,
         body: String::new(),
     };
-    let len: usize = answer
-        .header("content-length")
-        .map_or(0, |v| v.parse().unwrap());
+    let len: usize = match with_body {
+        true => answer
+            .header("content-length")
+            .map_or(0, |v| v.parse().unwrap()),
+        false => 0,
+    };
     let end = head_end + len;
     assert!(bytes.len() >= end, "HTTP body cut short");
     answer.body = String::from_utf8(bytes[head_end..end].to_vec()).unwrap();
     (answer, end)
+}
+
+/// Parses what a server sent as WebSocket frames; panics unless every frame is a
+/// well-formed server frame (FIN set, no reserved bits, unmasked) and the bytes end on a
+/// frame boundary.
+pub fn parse_server_frames(bytes: &[u8]) -> Vec<Frame> {
+    let mut frames = Vec::new();
+    let mut b = bytes;
+    while !b.is_empty() {
+        assert!(b.len() >= 2, "a cut frame header");
+        assert_eq!(b[0] & 0x80, 0x80, "the server never fragments");
+        assert_eq!(b[0] & 0x70, 0, "no reserved bits");
+        assert_eq!(b[1] & 0x80, 0, "server frames are not masked");
+        let (len, head) = match b[1] & 0x7F {
+            126 => (u16::from_be_bytes([b[2], b[3]]) as usize, 4),
+            127 => (
+                u64::from_be_bytes(b[2..10].try_into().unwrap()) as usize,
+                10,
+            ),
+            n => (n as usize, 2),
+        };
+        assert!(b.len() >= head + len, "a cut frame");
+        frames.push(Frame {
+            opcode: b[0] & 0x0F,
+            payload: b[head..head + len].to_vec(),
+        });
+        b = &b[head + len..];
+    }
+    frames
 }
