@@ -845,4 +845,165 @@ mod tests {
         assert_eq!(payload.len(), 2 + 122);
         assert!(std::str::from_utf8(&payload[2..]).is_ok());
     }
+
+    mod properties {
+        //! The parser is a streaming one: however the bytes are cut into reads, it must
+        //! find the same frames and the same violation, and never panic; and what a client
+        //! sends (messages in fragments, control frames between them) is what it finds.
+
+        use proptest::prelude::*;
+
+        use super::*;
+
+        /// Frames found, and the violation that stopped the parser, feeding `bytes` in
+        /// reads of the given sizes (the rest at once when they run out).
+        fn outcome(max: usize, bytes: &[u8], reads: &[usize]) -> (Vec<Inbound>, Option<Violation>) {
+            let mut parser = Parser::new(max);
+            let mut buf = BytesMut::new();
+            let (mut frames, mut rest, mut reads) = (Vec::new(), bytes, reads.iter());
+            loop {
+                loop {
+                    match parser.next(&mut buf) {
+                        Ok(Some(frame)) => frames.push(frame),
+                        Ok(None) => break,
+                        Err(violation) => return (frames, Some(violation)),
+                    }
+                }
+                if rest.is_empty() {
+                    return (frames, None);
+                }
+                let n = reads.next().map_or(rest.len(), |&n| n.clamp(1, rest.len()));
+                buf.extend_from_slice(&rest[..n]);
+                rest = &rest[n..];
+            }
+        }
+
+        /// A client frame with random header bits, most of them valid.
+        fn any_frame() -> impl Strategy<Value = Vec<u8>> {
+            (
+                0u8..=255,
+                prop::sample::select(vec![0u8, 1, 2, 8, 9, 10, 3, 11]),
+                prop::bool::weighted(0.95),
+                proptest::collection::vec(any::<u8>(), 0..300),
+            )
+                .prop_map(|(bits, opcode, masked, payload)| {
+                    let mut f = client_frame(bits & 0x80 != 0, opcode, &payload);
+                    if bits & 0x07 == 0 {
+                        f[0] |= bits & 0x70; // reserved bits, now and then
+                    }
+                    if !masked {
+                        f[1] &= 0x7F;
+                    }
+                    f
+                })
+        }
+
+        /// One message: its fragments' payloads, and control frames (ping or pong, with
+        /// their payloads) sent after each fragment but the last.
+        #[derive(Debug, Clone)]
+        struct Message {
+            text: bool,
+            fragments: Vec<Vec<u8>>,
+            controls: Vec<Vec<(bool, Vec<u8>)>>,
+        }
+
+        fn message() -> impl Strategy<Value = Message> {
+            let payload = prop_oneof![
+                "[ -~é€😀]{0,60}".prop_map(|s| (true, s.into_bytes())),
+                proptest::collection::vec(any::<u8>(), 0..200).prop_map(|b| (false, b)),
+            ];
+            (
+                payload,
+                proptest::collection::vec(any::<prop::sample::Index>(), 0..4),
+            )
+                .prop_flat_map(|((text, bytes), cuts)| {
+                    // Cut anywhere, even inside a UTF-8 sequence: only the whole message
+                    // must be UTF-8.
+                    let mut at: Vec<usize> =
+                        cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+                    at.sort_unstable();
+                    let mut fragments = Vec::new();
+                    let mut from = 0;
+                    for cut in at.into_iter().chain([bytes.len()]) {
+                        fragments.push(bytes[from..cut].to_vec());
+                        from = cut;
+                    }
+                    let n = fragments.len();
+                    let control = (
+                        any::<bool>(),
+                        proptest::collection::vec(any::<u8>(), 0..=125),
+                    );
+                    (
+                        Just(text),
+                        Just(fragments),
+                        proptest::collection::vec(proptest::collection::vec(control, 0..3), n - 1),
+                    )
+                })
+                .prop_map(|(text, fragments, mut controls)| {
+                    controls.push(Vec::new());
+                    Message {
+                        text,
+                        fragments,
+                        controls,
+                    }
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn any_bytes_however_read_give_the_same_outcome(
+                bytes in prop_oneof![
+                    proptest::collection::vec(any::<u8>(), 0..1024),
+                    proptest::collection::vec(any_frame(), 0..8).prop_map(|f| f.concat()),
+                ],
+                reads in proptest::collection::vec(1usize..64, 0..64),
+                max in prop::sample::select(vec![0usize, 16, 4096]),
+            ) {
+                prop_assert_eq!(outcome(max, &bytes, &reads), outcome(max, &bytes, &[]));
+            }
+
+            #[test]
+            fn what_a_client_sends_is_what_is_parsed(
+                messages in proptest::collection::vec(message(), 0..6),
+                close in proptest::option::of((
+                    prop::sample::select(vec![1000u16, 1001, 1003, 1011, 3000, 4999]),
+                    "[ -~é]{0,40}",
+                )),
+                reads in proptest::collection::vec(1usize..40, 0..200),
+            ) {
+                let (mut bytes, mut expected) = (Vec::new(), Vec::new());
+                for m in &messages {
+                    let n = m.fragments.len();
+                    for (i, (fragment, controls)) in m.fragments.iter().zip(&m.controls).enumerate() {
+                        let opcode = match (i, m.text) {
+                            (0, true) => OP_TEXT,
+                            (0, false) => OP_BINARY,
+                            _ => OP_CONTINUATION,
+                        };
+                        bytes.extend(client_frame(i + 1 == n, opcode, fragment));
+                        for (ping, payload) in controls {
+                            let payload = Bytes::from(payload.clone());
+                            if *ping {
+                                bytes.extend(client_frame(true, OP_PING, &payload));
+                                expected.push(Inbound::Ping(payload));
+                            } else {
+                                bytes.extend(client_frame(true, OP_PONG, &payload));
+                                expected.push(Inbound::Pong(payload));
+                            }
+                        }
+                    }
+                    expected.push(Inbound::Message);
+                }
+                if let Some((code, reason)) = close {
+                    let mut payload = code.to_be_bytes().to_vec();
+                    payload.extend(reason.as_bytes().iter().take(123));
+                    if std::str::from_utf8(&payload[2..]).is_ok() {
+                        bytes.extend(client_frame(true, OP_CLOSE, &payload));
+                        expected.push(Inbound::Close(Some(code)));
+                    }
+                }
+                prop_assert_eq!(outcome(1 << 20, &bytes, &reads), (expected, None));
+            }
+        }
+    }
 }
