@@ -628,6 +628,8 @@ struct Tally {
     notices: u64,
     /// Longest event message.
     longest: usize,
+    /// Events received before the first lagged notice.
+    before_lag: Option<u64>,
 }
 
 impl Tally {
@@ -649,6 +651,7 @@ impl Tally {
                     self.next = resume_seq;
                     self.missed += missed;
                     self.notices += 1;
+                    self.before_lag.get_or_insert(self.received);
                 }
                 other => panic!("bad lagged notice: {other:?}"),
             }
@@ -891,7 +894,7 @@ async fn stalled_clients_slow_neither_the_publisher_nor_healthy_clients() {
     // 1008.
     let mut stalled = stalled.into_iter();
     let (mut on_notify, mut on_close) = (stalled.next().unwrap(), stalled.next().unwrap());
-    let mut missed_on_notify = 0;
+    let (mut missed_on_notify, mut buffered) = (0, Vec::new());
     for (mut client, from) in on_notify.drain(..resumed_per_server) {
         client.expect_started().await;
         let (_sender, target) = watch::channel(published);
@@ -899,6 +902,8 @@ async fn stalled_clients_slow_neither_the_publisher_nor_healthy_clients() {
         assert_eq!(tally.received + tally.missed, published - from);
         assert!(tally.notices >= 1, "a stalled client never lagged");
         missed_on_notify += tally.missed;
+        // What it got before its lag: what the socket buffers and the outbox held.
+        buffered.push(tally.before_lag.unwrap());
     }
     for (mut client, from) in on_close.drain(..resumed_per_server) {
         client.expect_started().await;
@@ -923,6 +928,10 @@ async fn stalled_clients_slow_neither_the_publisher_nor_healthy_clients() {
         client.send_close(1008, "").await;
         client.expect_end().await;
     }
+    eprintln!(
+        "stalled clients reading again: events received before their lagged notice {buffered:?} \
+         ({RETAINED} retained by the bus)"
+    );
     assert_eq!(
         notify.metric("herald_ws_lagged_events_total").await,
         missed_on_notify
