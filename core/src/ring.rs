@@ -460,6 +460,7 @@ impl<T: Send + Sync + 'static> Shared<T> {
                 cursor,
             },
             node: Arc::new(WaitNode::new()),
+            thread_waker: None,
         }
     }
 
@@ -632,6 +633,9 @@ pub struct Subscriber<T: Send + Sync + 'static> {
     pos: Position,
     /// Where publishers find this subscriber's waker.
     node: Arc<WaitNode>,
+    /// The waker `recv_blocking` last parked with, and its thread: reused while the
+    /// subscriber stays on that thread, so parking allocates nothing.
+    thread_waker: Option<(thread::ThreadId, Waker)>,
 }
 
 /// A subscriber's place in the sequence space, kept apart from its `shared` handle so an
@@ -700,7 +704,6 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
     /// The next value, parking the calling thread until there is one. For plain threads;
     /// inside an async runtime use [`recv`](Self::recv).
     pub fn recv_blocking(&mut self) -> Result<Arc<Entry<T>>, RecvError> {
-        let mut waker: Option<Waker> = None;
         loop {
             match self.try_recv() {
                 Ok(entry) => return Ok(entry),
@@ -710,10 +713,17 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
                 Err(TryRecvError::Closed) => return Err(RecvError::Closed),
                 Err(TryRecvError::Empty) => {}
             }
-            let waker = waker.get_or_insert_with(|| {
-                Waker::from(std::sync::Arc::new(ThreadWaker(thread::current())))
-            });
-            match self.park(waker) {
+            let me = thread::current();
+            let waker = match &self.thread_waker {
+                Some((id, waker)) if *id == me.id() => waker.clone(),
+                _ => {
+                    let id = me.id();
+                    let waker = Waker::from(std::sync::Arc::new(ThreadWaker(me)));
+                    self.thread_waker = Some((id, waker.clone()));
+                    waker
+                }
+            };
+            match self.park(&waker) {
                 Some(Ok(entry)) => return Ok(entry),
                 Some(Err(TryRecvError::Lagged { missed, resume_seq })) => {
                     return Err(RecvError::Lagged { missed, resume_seq });
@@ -875,6 +885,9 @@ impl Position {
 
 impl<T: Send + Sync + 'static> Drop for Subscriber<T> {
     fn drop(&mut self) {
+        // Our node may still be on the `waiters` stack until the next publish; it must not
+        // keep our (possibly large) task alive until then, only its own few bytes.
+        self.node.waker.clear();
         // Relaxed: statistics only.
         self.shared.subscribers.fetch_sub(1, Ordering::Relaxed);
     }

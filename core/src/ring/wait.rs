@@ -95,6 +95,20 @@ impl AtomicWaker {
 
     /// Takes the registered waker, if any, and wakes it.
     pub(crate) fn wake(&self) {
+        if let Some(w) = self.take() {
+            w.wake();
+        }
+    }
+
+    /// Takes the registered waker, if any, without waking it: what a subscriber that goes
+    /// away does, so that its task is not kept alive by a node still on a parked stack.
+    pub(crate) fn clear(&self) {
+        drop(self.take());
+    }
+
+    /// Takes the registered waker, unless a `register` or another `take` is running (the
+    /// register then sees `WAKING` and wakes the new waker itself).
+    fn take(&self) -> Option<Waker> {
         // AcqRel: Acquire pairs with register's Release (the waker it stored is visible);
         // Release orders our earlier writes before the woken task runs.
         match self.state.fetch_or(WAKING, Ordering::AcqRel) {
@@ -103,14 +117,9 @@ impl AtomicWaker {
                 let w = self.waker.with_mut(|w| unsafe { (*w).take() });
                 // Release: pairs with register's Acquire on `state`.
                 self.state.fetch_and(!WAKING, Ordering::Release);
-                if let Some(w) = w {
-                    w.wake();
-                }
+                w
             }
-            _ => {
-                // Either a register is running (it will see WAKING and wake), or another
-                // wake is taking the waker already.
-            }
+            _ => None,
         }
     }
 }
