@@ -217,6 +217,8 @@ impl WaitStack {
 
 impl Drop for WaitStack {
     fn drop(&mut self) {
+        // Relaxed (here and below): `&mut self`, no other thread can reach the stack; the
+        // ring's last `Arc` drop already synchronised with every earlier push.
         let mut p = self.head.load(Ordering::Relaxed);
         while !p.is_null() {
             // SAFETY: as in `wake_all`; `&mut self` means nobody else can reach the stack.
