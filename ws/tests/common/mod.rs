@@ -212,6 +212,42 @@ impl HttpAnswer {
     }
 }
 
+/// The status line and headers of an HTTP answer head (through its blank line); the body
+/// is left empty. Panics on anything else.
+fn parse_head(head: &str) -> HttpAnswer {
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap();
+    assert!(
+        status_line.starts_with("HTTP/1."),
+        "bad status line {status_line:?}"
+    );
+    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let (n, v) = l.split_once(':').unwrap();
+            (n.trim().to_owned(), v.trim().to_owned())
+        })
+        .collect();
+    HttpAnswer {
+        status,
+        headers,
+        body: String::new(),
+    }
+}
+
+impl HttpAnswer {
+    /// Body length by `Content-Length` (0 without one, or for an answer to `HEAD`).
+    fn body_len(&self, with_body: bool) -> usize {
+        match with_body {
+            true => self
+                .header("content-length")
+                .map_or(0, |v| v.parse().unwrap()),
+            false => 0,
+        }
+    }
+}
+
 /// Reads one HTTP answer head and body (by `Content-Length`) from `stream`; bytes after it
 /// stay in `buf`.
 pub async fn read_answer(stream: &mut TcpStream, buf: &mut BytesMut) -> HttpAnswer {
@@ -233,28 +269,8 @@ pub async fn read_answer_to(
     };
     let head = String::from_utf8(buf[..head_end].to_vec()).unwrap();
     buf.advance(head_end);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap();
-    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (n, v) = l.split_once(':').unwrap();
-            (n.trim().to_owned(), v.trim().to_owned())
-        })
-        .collect();
-    let mut answer = HttpAnswer {
-        status,
-        headers,
-        body: String::new(),
-    };
-    let len: usize = if with_body {
-        answer
-            .header("content-length")
-            .map_or(0, |v| v.parse().unwrap())
-    } else {
-        0
-    };
+    let mut answer = parse_head(&head);
+    let len = answer.body_len(with_body);
     while buf.len() < len {
         let n = within("HTTP body", stream.read_buf(buf)).await.unwrap();
         assert!(n > 0, "connection closed inside an HTTP body");
@@ -370,6 +386,20 @@ impl Client {
     /// A client on a stream whose upgrade was already read; `buf` holds what followed it.
     pub fn from_parts(stream: TcpStream, buf: BytesMut) -> Client {
         Client { stream, buf }
+    }
+
+    /// Reads whatever is still in flight until the server ends the connection (EOF or a
+    /// reset); returns how many bytes that was. Fails the test if it never ends.
+    pub async fn read_until_dropped(&mut self) -> usize {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut total = 0usize;
+        loop {
+            match within("the connection ending", self.stream.read(&mut buf)).await {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+            assert!(total < 64 << 20, "the connection never ended");
+        }
     }
 
     /// The next frame; fails the test after [`DEADLINE`] or if the connection ends.
@@ -642,31 +672,8 @@ pub fn parse_answer_to(bytes: &[u8], with_body: bool) -> (HttpAnswer, usize) {
         .unwrap_or_else(|| panic!("no HTTP head in {:?}", String::from_utf8_lossy(bytes)))
         + 4;
     let head = std::str::from_utf8(&bytes[..head_end]).unwrap();
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap();
-    assert!(
-        status_line.starts_with("HTTP/1."),
-        "bad status line {status_line:?}"
-    );
-    let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
-    let headers: Vec<(String, String)> = lines
-        .filter(|l| !l.is_empty())
-        .map(|l| {
-            let (n, v) = l.split_once(':').unwrap();
-            (n.trim().to_owned(), v.trim().to_owned())
-        })
-        .collect();
-    let mut answer = HttpAnswer {
-        status,
-        headers,
-        body: String::new(),
-    };
-    let len: usize = match with_body {
-        true => answer
-            .header("content-length")
-            .map_or(0, |v| v.parse().unwrap()),
-        false => 0,
-    };
+    let mut answer = parse_head(head);
+    let len = answer.body_len(with_body);
     let end = head_end + len;
     assert!(bytes.len() >= end, "HTTP body cut short");
     answer.body = String::from_utf8(bytes[head_end..end].to_vec()).unwrap();
