@@ -656,9 +656,23 @@ struct Position {
 impl<T: Send + Sync + 'static> Subscriber<T> {
     /// The next value, without waiting.
     pub fn try_recv(&mut self) -> Result<Arc<Entry<T>>, TryRecvError> {
+        self.try_recv_with(share)
+    }
+
+    /// The next value, lent to `f` without taking a reference count on it, without
+    /// waiting. Returns what `f` returns.
+    ///
+    /// Every subscriber of a value shares one [`Entry`]; [`try_recv`](Self::try_recv)
+    /// increments its reference count (and the caller later decrements it), which makes
+    /// the entry's cache line travel between the cores of all its readers. A subscriber
+    /// that only needs to look at the value (copy a field, clone a `Bytes` out of it)
+    /// reads it here in place, writing nothing the other subscribers read.
+    pub fn try_recv_with<R>(&mut self, f: impl FnOnce(&Entry<T>) -> R) -> Result<R, TryRecvError> {
         let guard = self.shared.reclaim.pin();
-        let next = self.pos.next(&self.shared, &guard);
-        next.map_err(|e| self.shared.reported(e))
+        match self.pos.next(&self.shared, &guard) {
+            Ok(entry) => Ok(f(entry)),
+            Err(e) => Err(self.shared.reported(e)),
+        }
     }
 
     /// Appends up to `max` ready values to `out` under one epoch guard. Returns how many it
@@ -669,18 +683,71 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
         out: &mut Vec<Arc<Entry<T>>>,
         max: usize,
     ) -> Result<usize, TryRecvError> {
+        self.try_recv_each(max, |entry| out.push(share(entry)))
+    }
+
+    /// Lends up to `max` ready values to `f`, in order, under one epoch guard and without
+    /// taking reference counts (see [`try_recv_with`](Self::try_recv_with)). Returns how
+    /// many it lent (at least one), or an error when none was ready. A lag found after
+    /// some values is reported by the next call.
+    ///
+    /// ```
+    /// use herald_core::ring::{self, RingConfig, TryRecvError};
+    ///
+    /// let publisher = ring::ring::<u32>(RingConfig { capacity: 8, startup_capacity: 0 });
+    /// let mut sub = publisher.subscribe();
+    /// for v in [10, 20, 30] { publisher.publish(v); }
+    /// let mut sum = 0;
+    /// assert_eq!(sub.try_recv_each(2, |entry| sum += **entry), Ok(2));
+    /// assert_eq!(sub.try_recv_each(2, |entry| sum += **entry), Ok(1));
+    /// assert_eq!(sum, 60);
+    /// assert_eq!(sub.try_recv_each(2, |_| {}), Err(TryRecvError::Empty));
+    /// ```
+    pub fn try_recv_each(
+        &mut self,
+        max: usize,
+        mut f: impl FnMut(&Entry<T>),
+    ) -> Result<usize, TryRecvError> {
         let guard = self.shared.reclaim.pin();
-        let n = self.pos.fill(&self.shared, &guard, out, max);
+        let n = self.pos.fill(&self.shared, &guard, max, &mut f);
         if n > 0 || max == 0 {
             return Ok(n);
         }
         match self.pos.next(&self.shared, &guard) {
             Ok(entry) => {
-                out.push(entry);
+                f(entry);
                 Ok(1)
             }
             Err(e) => Err(self.shared.reported(e)),
         }
+    }
+
+    /// Waits (without spinning) until the next `try_recv*` call on this subscriber will not
+    /// return [`TryRecvError::Empty`]: a value, a lag or the close is ready. Consumes
+    /// nothing, so it is cancel-safe. Useful with `tokio::select!`, where the code that
+    /// handles the values needs borrows the waiting future must not hold:
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use herald_core::ring::{self, RingConfig};
+    ///
+    /// let publisher = ring::ring::<u32>(RingConfig { capacity: 8, startup_capacity: 0 });
+    /// let mut sub = publisher.subscribe();
+    /// let mut seen = Vec::new();
+    /// publisher.publish(7);
+    /// sub.ready().await;
+    /// sub.try_recv_each(64, |entry| seen.push(**entry)).unwrap();
+    /// assert_eq!(seen, [7]);
+    /// # });
+    /// ```
+    pub fn ready(&mut self) -> Ready<'_, T> {
+        Ready { sub: self }
+    }
+
+    /// Whether the next `try_recv*` call will not return `Empty`.
+    fn is_ready(&self) -> bool {
+        let guard = self.shared.reclaim.pin();
+        self.pos.is_ready(&self.shared, &guard)
     }
 
     /// The next value, waiting (without spinning) until there is one.
@@ -736,6 +803,16 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
 
     /// Registers `waker`, then checks once more. `None`: still empty, safe to sleep.
     fn park(&mut self, waker: &Waker) -> Option<Result<Arc<Entry<T>>, TryRecvError>> {
+        self.park_then(waker, Self::try_recv)
+    }
+
+    /// Registers `waker`, then runs `recheck` once more and returns what it found, or
+    /// `None` if it found nothing (`Empty`): then it is safe to sleep.
+    fn park_then<R>(
+        &mut self,
+        waker: &Waker,
+        recheck: impl FnOnce(&mut Self) -> Result<R, TryRecvError>,
+    ) -> Option<Result<R, TryRecvError>> {
         self.node.waker.register(waker);
         self.shared.waiters.push(&self.node);
         // SeqCst: pairs with the publisher's SeqCst slot swap and SeqCst load of `waiters`
@@ -743,13 +820,16 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
         #[cfg(not(herald_mutant = "no_recheck"))]
         {
             sync::fence(Ordering::SeqCst);
-            match self.try_recv() {
+            match recheck(self) {
                 Err(TryRecvError::Empty) => None,
                 other => Some(other),
             }
         }
         #[cfg(herald_mutant = "no_recheck")]
-        None
+        {
+            let _ = recheck;
+            None
+        }
     }
 
     /// The sequence number of the next live value this subscriber will read from the ring.
@@ -764,20 +844,20 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
 }
 
 impl Position {
-    /// Appends up to `max` ready values; stops at the first non-value, keeping a lag for
-    /// the next call (uncounted until then).
+    /// Lends up to `max` ready values to `f`; stops at the first non-value, keeping a lag
+    /// for the next call (uncounted until then).
     fn fill<T: Send + Sync + 'static>(
         &mut self,
         shared: &Shared<T>,
         guard: &Guard<'_>,
-        out: &mut Vec<Arc<Entry<T>>>,
         max: usize,
+        f: &mut impl FnMut(&Entry<T>),
     ) -> usize {
         let mut n = 0;
         while n < max {
             match self.next(shared, guard) {
                 Ok(entry) => {
-                    out.push(entry);
+                    f(entry);
                     n += 1;
                 }
                 Err(TryRecvError::Lagged { missed, .. }) => {
@@ -791,11 +871,36 @@ impl Position {
         n
     }
 
-    fn next<T: Send + Sync + 'static>(
+    /// Whether `next` would return something other than `Empty`. Reads only.
+    fn is_ready<T: Send + Sync + 'static>(&self, shared: &Shared<T>, _guard: &Guard<'_>) -> bool {
+        if self.replay_next < self.replay_end {
+            // Acquire: pairs with the publisher's Release store into the startup cell.
+            return !shared.startup[self.replay_next as usize]
+                .load(Ordering::Acquire)
+                .is_null();
+        }
+        if self.pending_missed > 0 {
+            return true;
+        }
+        let slot = &shared.slots[(self.cursor & shared.mask) as usize];
+        // Acquire: pairs with the publisher's SeqCst (Release) swap in `install`.
+        let p = slot.load(Ordering::Acquire);
+        // SAFETY: `p` was reachable from the slot while `_guard` is pinned, so it is not
+        // freed before the guard is dropped.
+        if !p.is_null() && unsafe { (*p).seq() } >= self.cursor {
+            return true; // this value, or a lag
+        }
+        // Acquire: pairs with the last publisher's CLOSED fetch_or.
+        shared.tail.load(Ordering::Acquire) & CLOSED != 0
+    }
+
+    /// The next value, borrowed: valid while `guard` is pinned (live values) or while the
+    /// ring exists (startup values).
+    fn next<'g, T: Send + Sync + 'static>(
         &mut self,
-        shared: &Shared<T>,
-        guard: &Guard<'_>,
-    ) -> Result<Arc<Entry<T>>, TryRecvError> {
+        shared: &'g Shared<T>,
+        guard: &'g Guard<'_>,
+    ) -> Result<&'g Entry<T>, TryRecvError> {
         if self.replay_next < self.replay_end {
             return self.next_replay(shared);
         }
@@ -809,10 +914,10 @@ impl Position {
         self.next_live(shared, guard)
     }
 
-    fn next_replay<T: Send + Sync + 'static>(
+    fn next_replay<'g, T: Send + Sync + 'static>(
         &mut self,
-        shared: &Shared<T>,
-    ) -> Result<Arc<Entry<T>>, TryRecvError> {
+        shared: &'g Shared<T>,
+    ) -> Result<&'g Entry<T>, TryRecvError> {
         let cell = &shared.startup[self.replay_next as usize];
         // Acquire: pairs with the publisher's Release store into the startup cell.
         let p = cell.load(Ordering::Acquire);
@@ -822,19 +927,16 @@ impl Position {
             return Err(TryRecvError::Empty);
         }
         self.replay_next += 1;
-        // SAFETY: startup cells are written once and own a strong count until the ring is
-        // dropped, and we hold the ring through `shared`.
-        Ok(unsafe {
-            Arc::increment_strong_count(p);
-            Arc::from_raw(p)
-        })
+        // SAFETY: startup cells are written once and own a strong count until the ring
+        // (borrowed for 'g) is dropped.
+        Ok(unsafe { &*p })
     }
 
-    fn next_live<T: Send + Sync + 'static>(
+    fn next_live<'g, T: Send + Sync + 'static>(
         &mut self,
-        shared: &Shared<T>,
-        _guard: &Guard<'_>,
-    ) -> Result<Arc<Entry<T>>, TryRecvError> {
+        shared: &'g Shared<T>,
+        _guard: &'g Guard<'_>,
+    ) -> Result<&'g Entry<T>, TryRecvError> {
         let slot = &shared.slots[(self.cursor & shared.mask) as usize];
         loop {
             // Acquire: pairs with the publisher's SeqCst (Release) swap in `install`.
@@ -845,11 +947,8 @@ impl Position {
                 let seq = unsafe { (*p).seq() };
                 if seq == self.cursor {
                     self.cursor += 1;
-                    // SAFETY: as above; the new strong count keeps it alive afterwards.
-                    return Ok(unsafe {
-                        Arc::increment_strong_count(p);
-                        Arc::from_raw(p)
-                    });
+                    // SAFETY: as above: alive while the guard, borrowed for 'g, is pinned.
+                    return Ok(unsafe { &*p });
                 }
                 if seq > self.cursor {
                     // Overwritten: skip to the oldest value that can still be retained.
@@ -899,6 +998,17 @@ impl<T: Send + Sync + 'static> fmt::Debug for Subscriber<T> {
             .field("cursor", &self.pos.cursor)
             .field("replay_remaining", &self.replay_remaining())
             .finish()
+    }
+}
+
+/// A new strong count on an entry the ring lends out.
+fn share<T>(entry: &Entry<T>) -> Arc<Entry<T>> {
+    let p: *const Entry<T> = entry;
+    // SAFETY: every entry the ring lends out sits in an `Arc` allocation made by
+    // `Entry::new`, which holds at least one strong count while the borrow lasts.
+    unsafe {
+        Arc::increment_strong_count(p);
+        Arc::from_raw(p)
     }
 }
 
@@ -968,10 +1078,40 @@ impl<T: Send + Sync + 'static> Future for RecvMany<'_, T> {
                 this.out.push(entry);
                 let sub = &mut *this.sub;
                 let guard = sub.shared.reclaim.pin();
-                let more = sub.pos.fill(&sub.shared, &guard, this.out, max - 1);
+                let out = &mut *this.out;
+                let more = sub
+                    .pos
+                    .fill(&sub.shared, &guard, max - 1, &mut |e| out.push(share(e)));
                 Poll::Ready(Ok(1 + more))
             }
             Some(Err(e)) => Poll::Ready(Err(to_recv_error(e))),
+        }
+    }
+}
+
+/// Future of [`Subscriber::ready`]. Cancel-safe: it consumes nothing.
+pub struct Ready<'a, T: Send + Sync + 'static> {
+    sub: &'a mut Subscriber<T>,
+}
+
+impl<T: Send + Sync + 'static> Future for Ready<'_, T> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let sub = &mut *self.sub;
+        if sub.is_ready() {
+            return Poll::Ready(());
+        }
+        let ready = |sub: &mut Subscriber<T>| {
+            if sub.is_ready() {
+                Ok(())
+            } else {
+                Err(TryRecvError::Empty)
+            }
+        };
+        match sub.park_then(cx.waker(), ready) {
+            None => Poll::Pending,
+            Some(_) => Poll::Ready(()),
         }
     }
 }

@@ -576,3 +576,179 @@ fn seal_race_exactly_once_over_many_rounds() {
         assert_eq!(seqs, expected, "round {round}: seal {seal}, join {join}");
     }
 }
+
+#[test]
+fn try_recv_with_lends_the_value_in_order_and_reports_errors() {
+    let p = ring::ring::<u32>(cfg(4, 2));
+    p.publish(100); // startup, replayed by a borrowing receive too
+    p.seal_startup();
+    let mut s = p.subscribe();
+    p.publish(101);
+    assert_eq!(s.try_recv_with(|e| (e.seq(), **e)), Ok((0, 100)));
+    assert_eq!(s.try_recv_with(|e| (e.seq(), **e)), Ok((1, 101)));
+    assert_eq!(s.try_recv_with(|e| **e), Err(TryRecvError::Empty));
+    for i in 0..9 {
+        p.publish(i);
+    }
+    // 9 more published from seq 2: tail 11, capacity 4 keeps 7..=10.
+    assert_eq!(
+        s.try_recv_with(|e| **e),
+        Err(TryRecvError::Lagged {
+            missed: 5,
+            resume_seq: 7
+        })
+    );
+    assert_eq!(s.try_recv_with(|e| e.seq()), Ok(7));
+    assert_eq!(p.stats().lagged, 5);
+    drop(p);
+    let mut rest = Vec::new();
+    assert_eq!(s.try_recv_each(10, |e| rest.push(e.seq())), Ok(3));
+    assert_eq!(rest, [8, 9, 10]);
+    assert_eq!(s.try_recv_with(|e| **e), Err(TryRecvError::Closed));
+}
+
+#[test]
+fn try_recv_each_batches_and_defers_a_lag_found_mid_batch() {
+    let p = ring::ring::<u32>(cfg(4, 0));
+    p.seal_startup();
+    let mut s = p.subscribe();
+    for i in 0..3 {
+        p.publish(i);
+    }
+    let mut seen = Vec::new();
+    assert_eq!(s.try_recv_each(2, |e| seen.push((e.seq(), **e))), Ok(2));
+    assert_eq!(s.try_recv_each(10, |e| seen.push((e.seq(), **e))), Ok(1));
+    assert_eq!(seen, [(0, 0), (1, 1), (2, 2)]);
+    assert_eq!(s.try_recv_each(10, |_| {}), Err(TryRecvError::Empty));
+    assert_eq!(s.try_recv_each(0, |_| {}), Ok(0));
+    p.publish(3);
+    for i in 4..12 {
+        p.publish(i);
+    }
+    // Cursor 3, tail 12, capacity 4: 8..=11 retained, 3..=7 missed.
+    seen.clear();
+    assert_eq!(
+        s.try_recv_each(10, |e| seen.push((e.seq(), **e))),
+        Err(TryRecvError::Lagged {
+            missed: 5,
+            resume_seq: 8
+        })
+    );
+    assert!(seen.is_empty());
+    assert_eq!(s.try_recv_each(10, |e| seen.push((e.seq(), **e))), Ok(4));
+    assert_eq!(seen, [(8, 8), (9, 9), (10, 10), (11, 11)]);
+    assert_eq!(p.stats().lagged, 5);
+}
+
+#[test]
+fn borrowing_receives_take_no_reference_count() {
+    let p = ring::ring::<u32>(cfg(4, 0));
+    p.seal_startup();
+    let mut s = p.subscribe();
+    let mut t = p.subscribe();
+    p.publish(1);
+    let held = t.try_recv().unwrap(); // one count for the slot, one for `held`
+    assert_eq!(Arc::strong_count(&held), 2);
+    s.try_recv_with(|e| assert_eq!(**e, 1)).unwrap();
+    assert_eq!(Arc::strong_count(&held), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_waits_for_a_value_a_lag_or_the_close_and_consumes_nothing() {
+    let p = ring::ring::<u64>(cfg(4, 0));
+    p.seal_startup();
+    let mut s = p.subscribe();
+    let publisher = p.clone();
+    let producer = thread::spawn(move || publisher.publish(5));
+    s.ready().await;
+    s.ready().await; // still ready: nothing was consumed
+    producer.join().unwrap();
+    assert_eq!(s.try_recv_with(|e| **e), Ok(5));
+    assert_eq!(s.try_recv_with(|e| **e), Err(TryRecvError::Empty));
+    for i in 0..10 {
+        p.publish(i);
+    }
+    s.ready().await; // a lag is ready too
+    // Cursor 1, tail 11, capacity 4: 7..=10 retained, 1..=6 missed.
+    assert_eq!(
+        s.try_recv_with(|e| **e),
+        Err(TryRecvError::Lagged {
+            missed: 6,
+            resume_seq: 7
+        })
+    );
+    assert_eq!(s.try_recv_each(64, |_| {}), Ok(4));
+    let closer = thread::spawn(move || drop(p));
+    s.ready().await; // and the close
+    closer.join().unwrap();
+    assert_eq!(s.try_recv_with(|e| **e), Err(TryRecvError::Closed));
+}
+
+/// The borrowing path under the same load as the stress test above: 4 producers, async
+/// subscribers that wait with `ready()` and read with `try_recv_each`, some lapped.
+/// For each: sequences strictly increase and received + missed == published since join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stress_ready_and_try_recv_each_exact_accounting() {
+    const PRODUCERS: u64 = 4;
+    const PER: u64 = 100_000;
+    let p = ring::ring::<(u64, u64)>(cfg(256, 0));
+    p.seal_startup();
+    let readers: Vec<_> = (0..6)
+        .map(|i| {
+            let mut s = p.subscribe();
+            let slow = i % 3 == 2;
+            tokio::spawn(async move {
+                let join = s.cursor();
+                let (mut received, mut missed) = (0u64, 0u64);
+                let mut last_seq: Option<u64> = None;
+                let mut last_per = [None::<u64>; PRODUCERS as usize];
+                loop {
+                    s.ready().await;
+                    let got = s.try_recv_each(32, |e| {
+                        assert!(last_seq.is_none_or(|l| e.seq() > l), "order");
+                        last_seq = Some(e.seq());
+                        let (pid, n) = **e;
+                        assert!(last_per[pid as usize].is_none_or(|prev| n > prev));
+                        last_per[pid as usize] = Some(n);
+                    });
+                    match got {
+                        Ok(n) => {
+                            received += n as u64;
+                            if slow {
+                                tokio::task::yield_now().await;
+                            }
+                        }
+                        Err(TryRecvError::Lagged {
+                            missed: m,
+                            resume_seq,
+                        }) => {
+                            assert!(m >= 1);
+                            assert!(last_seq.is_none_or(|l| resume_seq > l));
+                            missed += m;
+                        }
+                        Err(TryRecvError::Closed) => return (join, received, missed),
+                        Err(TryRecvError::Empty) => panic!("ready() resolved with nothing ready"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let producers: Vec<_> = (0..PRODUCERS)
+        .map(|pid| {
+            let p = p.clone();
+            thread::spawn(move || {
+                for n in 0..PER {
+                    p.publish((pid, n));
+                }
+            })
+        })
+        .collect();
+    drop(p);
+    for h in producers {
+        h.join().unwrap();
+    }
+    for r in readers {
+        let (join, received, missed) = r.await.unwrap();
+        assert_eq!(received + missed, PRODUCERS * PER - join);
+    }
+}

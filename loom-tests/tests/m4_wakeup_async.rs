@@ -27,3 +27,26 @@ fn async_recv_is_woken() {
         assert_eq!(t.verify(0, 1, |seq| LABEL + seq), (1, 0));
     });
 }
+
+/// The same for the borrowing path the WebSocket server uses: `ready()` parks until a
+/// value is there, then `try_recv_each` lends it without a reference count.
+#[test]
+fn ready_is_woken_and_lends_the_value() {
+    check("ready_is_woken_and_lends_the_value", || {
+        let publisher = ring::<Payload>(RingConfig {
+            capacity: 2,
+            startup_capacity: 0,
+        });
+        let mut sub = publisher.subscribe();
+        let reader = thread::spawn(move || {
+            block_on(sub.ready());
+            let mut seen = Vec::new();
+            let n = sub.try_recv_each(4, |entry| seen.push((entry.seq(), entry.read())));
+            (n, seen)
+        });
+        assert_eq!(publisher.publish(Payload::new(LABEL)), 0);
+        let (n, seen) = reader.join().unwrap();
+        assert_eq!(n, Ok(1));
+        assert_eq!(seen, [(0, LABEL)]);
+    });
+}
