@@ -27,7 +27,10 @@
 //!   `HERALD_BENCH_SUBS` (default `1,4,16,64`) the subscriber counts. Subscribers call
 //!   `recv()` once per event on both sides. `fanout/herald_many/{subs}` is herald with
 //!   `recv_many(.., 64)`, the batched receive the WebSocket server uses (tokio's broadcast
-//!   has no batched receive).
+//!   has no batched receive). `fanout/herald_with/{subs}` and `fanout/herald_each/{subs}`
+//!   are the borrowing receives (`recv_with` per event, `recv_each(64, ..)` per batch): the subscriber reads the shared entry in place and takes no
+//!   reference count, so subscribers write nothing to lines the others read. tokio's
+//!   broadcast has no borrowing receive: its `recv()` must clone the value.
 //! * `spsc/{herald,tokio}`: one producer thread, one consumer thread (blocking receive),
 //!   lossless: the producer stays at most [`SPSC_WINDOW`] events ahead of the consumer.
 //! * `mpsc/{herald,tokio}/{producers}`: 2 and 4 producer threads, one consumer thread,
@@ -244,12 +247,16 @@ fn fanout(c: &mut Criterion) {
     for subs in sub_counts {
         group.throughput(Throughput::Elements(FANOUT_CHUNK * subs as u64));
 
-        group.bench_with_input(BenchmarkId::new("herald", subs), &subs, |b, &subs| {
-            herald_fanout(b, workers, subs, &event, None);
-        });
-        group.bench_with_input(BenchmarkId::new("herald_many", subs), &subs, |b, &subs| {
-            herald_fanout(b, workers, subs, &event, Some(FANOUT_BATCH));
-        });
+        for (id, mode) in [
+            ("herald", Receive::Recv),
+            ("herald_many", Receive::Many(FANOUT_BATCH)),
+            ("herald_with", Receive::With),
+            ("herald_each", Receive::Each(FANOUT_BATCH)),
+        ] {
+            group.bench_with_input(BenchmarkId::new(id, subs), &subs, |b, &subs| {
+                herald_fanout(b, workers, subs, &event, mode);
+            });
+        }
 
         group.bench_with_input(BenchmarkId::new("tokio", subs), &subs, |b, &subs| {
             let rt = runtime(workers);
@@ -301,14 +308,28 @@ fn fanout(c: &mut Criterion) {
     group.finish();
 }
 
-/// herald's side of `fanout`: each subscriber calls `recv()` per event, or with `batch`
-/// `recv_many(.., batch)` (what the WebSocket server does), one epoch pin per batch.
+/// How herald's fan-out subscribers receive.
+#[derive(Clone, Copy)]
+enum Receive {
+    /// `recv()` per event: an `Arc<Entry>` each (a shared reference count bumped and
+    /// dropped per delivery), as tokio's `recv()` clones the `Arc<Event>`.
+    Recv,
+    /// `recv_many(.., n)`: up to `n` `Arc<Entry>`s per call, one epoch pin per batch.
+    Many(usize),
+    /// `ready()` then `try_recv_with`: one event per call, borrowed (no reference count).
+    With,
+    /// `ready()` then `try_recv_each(n, ..)`: up to `n` borrowed events per call; what the
+    /// WebSocket server does.
+    Each(usize),
+}
+
+/// herald's side of `fanout`, receiving as `mode` says.
 fn herald_fanout(
     b: &mut criterion::Bencher<'_>,
     workers: usize,
     subs: usize,
     event: &Arc<Event>,
-    batch: Option<usize>,
+    mode: Receive,
 ) {
     let rt = runtime(workers);
     let progress = Progress::new(subs);
@@ -323,17 +344,30 @@ fn herald_fanout(
             let progress = progress.clone();
             rt.spawn(async move {
                 let mut n = 0u64;
-                let mut buf = Vec::with_capacity(batch.unwrap_or(0));
+                let mut buf = Vec::new();
                 loop {
-                    let got = match batch {
-                        None => sub.recv().await.map(|entry| {
+                    let got = match mode {
+                        Receive::Recv => sub.recv().await.map(|entry| {
                             black_box(&entry);
                             1
                         }),
-                        Some(max) => sub.recv_many(&mut buf, max).await.inspect(|_| {
+                        Receive::Many(max) => sub.recv_many(&mut buf, max).await.inspect(|_| {
                             black_box(&buf);
                             buf.clear();
                         }),
+                        Receive::With => {
+                            sub.recv_with(|entry| {
+                                black_box(entry);
+                                1
+                            })
+                            .await
+                        }
+                        Receive::Each(max) => {
+                            sub.recv_each(max, |entry| {
+                                black_box(entry);
+                            })
+                            .await
+                        }
                     };
                     match got {
                         Ok(k) => {

@@ -722,6 +722,47 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
         }
     }
 
+    /// The next value, lent to `f` (see [`try_recv_with`](Self::try_recv_with)), waiting
+    /// (without spinning) until there is one. `f` runs inside the future's `poll`, once.
+    ///
+    /// ```
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// use herald_core::ring::{self, RingConfig};
+    ///
+    /// let publisher = ring::ring::<String>(RingConfig { capacity: 8, startup_capacity: 0 });
+    /// let mut sub = publisher.subscribe();
+    /// publisher.publish("block-added".to_string());
+    /// let len = sub.recv_with(|entry| entry.len()).await;
+    /// assert_eq!(len, Ok(11));
+    /// # });
+    /// ```
+    pub fn recv_with<R, F: FnOnce(&Entry<T>) -> R>(&mut self, f: F) -> RecvWith<'_, T, F> {
+        RecvWith {
+            sub: self,
+            f: Some(f),
+        }
+    }
+
+    /// Waits (without spinning) for at least one value, then lends up to `max` ready ones
+    /// to `f` (see [`try_recv_each`](Self::try_recv_each)). Returns how many it lent.
+    pub fn recv_each<F: FnMut(&Entry<T>)>(&mut self, max: usize, f: F) -> RecvEach<'_, T, F> {
+        RecvEach { sub: self, max, f }
+    }
+
+    /// Lends the next value to the closure in `f`, taking it out only if there is a value.
+    fn try_lend<R, F: FnOnce(&Entry<T>) -> R>(
+        &mut self,
+        f: &mut Option<F>,
+    ) -> Result<R, TryRecvError> {
+        let guard = self.shared.reclaim.pin();
+        match self.pos.next(&self.shared, &guard) {
+            Ok(entry) => Ok((f.take().expect("`RecvWith` polled after it completed"))(
+                entry,
+            )),
+            Err(e) => Err(self.shared.reported(e)),
+        }
+    }
+
     /// Waits (without spinning) until the next `try_recv*` call on this subscriber will not
     /// return [`TryRecvError::Empty`]: a value, a lag or the close is ready. Consumes
     /// nothing, so it is cancel-safe. Useful with `tokio::select!`, where the code that
@@ -1112,6 +1153,68 @@ impl<T: Send + Sync + 'static> Future for Ready<'_, T> {
         match sub.park_then(cx.waker(), ready) {
             None => Poll::Pending,
             Some(_) => Poll::Ready(()),
+        }
+    }
+}
+
+/// Future of [`Subscriber::recv_with`]. Cancel-safe: dropping it loses nothing.
+pub struct RecvWith<'a, T: Send + Sync + 'static, F> {
+    sub: &'a mut Subscriber<T>,
+    /// Taken when a value is lent.
+    f: Option<F>,
+}
+
+// `f` is never pinned: it is moved out and called, never polled in place.
+impl<T: Send + Sync + 'static, F> Unpin for RecvWith<'_, T, F> {}
+
+impl<T: Send + Sync + 'static, R, F: FnOnce(&Entry<T>) -> R> Future for RecvWith<'_, T, F> {
+    type Output = Result<R, RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        match this.sub.try_lend(&mut this.f) {
+            Ok(r) => return Poll::Ready(Ok(r)),
+            Err(TryRecvError::Empty) => {}
+            Err(e) => return Poll::Ready(Err(to_recv_error(e))),
+        }
+        let f = &mut this.f;
+        match this.sub.park_then(cx.waker(), |sub| sub.try_lend(f)) {
+            None => Poll::Pending,
+            Some(Ok(r)) => Poll::Ready(Ok(r)),
+            Some(Err(e)) => Poll::Ready(Err(to_recv_error(e))),
+        }
+    }
+}
+
+/// Future of [`Subscriber::recv_each`]. Cancel-safe: dropping it loses nothing.
+pub struct RecvEach<'a, T: Send + Sync + 'static, F> {
+    sub: &'a mut Subscriber<T>,
+    max: usize,
+    f: F,
+}
+
+// `f` is never pinned: it is only called through `&mut`.
+impl<T: Send + Sync + 'static, F> Unpin for RecvEach<'_, T, F> {}
+
+impl<T: Send + Sync + 'static, F: FnMut(&Entry<T>)> Future for RecvEach<'_, T, F> {
+    type Output = Result<usize, RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
+        let max = this.max.max(1);
+        match this.sub.try_recv_each(max, &mut this.f) {
+            Ok(n) => return Poll::Ready(Ok(n)),
+            Err(TryRecvError::Empty) => {}
+            Err(e) => return Poll::Ready(Err(to_recv_error(e))),
+        }
+        let f = &mut this.f;
+        match this
+            .sub
+            .park_then(cx.waker(), |sub| sub.try_recv_each(max, &mut *f))
+        {
+            None => Poll::Pending,
+            Some(Ok(n)) => Poll::Ready(Ok(n)),
+            Some(Err(e)) => Poll::Ready(Err(to_recv_error(e))),
         }
     }
 }

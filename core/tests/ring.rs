@@ -752,3 +752,78 @@ async fn stress_ready_and_try_recv_each_exact_accounting() {
         assert_eq!(received + missed, PRODUCERS * PER - join);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recv_with_and_recv_each_wait_then_lend_everything_in_order() {
+    let p = ring::ring::<u64>(cfg(1 << 14, 0));
+    p.seal_startup();
+    let mut one = p.subscribe();
+    let mut batched = p.subscribe();
+    let single = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        loop {
+            match one.recv_with(|e| (e.seq(), **e)).await {
+                Ok((seq, v)) => {
+                    assert_eq!(seq, v);
+                    seqs.push(seq);
+                }
+                Err(RecvError::Closed) => return seqs,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+    });
+    let many = tokio::spawn(async move {
+        let mut seqs = Vec::new();
+        loop {
+            match batched.recv_each(64, |e| seqs.push(e.seq())).await {
+                Ok(n) => assert!((1..=64).contains(&n)),
+                Err(RecvError::Closed) => return seqs,
+                Err(e) => panic!("unexpected {e}"),
+            }
+        }
+    });
+    let producer = thread::spawn(move || {
+        for i in 0..10_000u64 {
+            p.publish(i);
+            if i % 64 == 0 {
+                thread::yield_now();
+            }
+        }
+    });
+    producer.join().unwrap();
+    let expected: Vec<u64> = (0..10_000).collect();
+    assert_eq!(single.await.unwrap(), expected);
+    assert_eq!(many.await.unwrap(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recv_with_reports_a_lag_and_keeps_its_closure_for_the_next_call() {
+    let p = ring::ring::<u64>(cfg(4, 0));
+    p.seal_startup();
+    let mut s = p.subscribe();
+    for i in 0..10 {
+        p.publish(i);
+    }
+    let mut calls = 0;
+    assert_eq!(
+        s.recv_with(|e| {
+            calls += 1;
+            **e
+        })
+        .await,
+        Err(RecvError::Lagged {
+            missed: 6,
+            resume_seq: 6
+        })
+    );
+    assert_eq!(calls, 0, "the closure runs only for a value");
+    assert_eq!(s.recv_with(|e| **e).await, Ok(6));
+    let mut rest = Vec::new();
+    assert_eq!(
+        s.recv_each(0, |e| rest.push(**e)).await,
+        Ok(1),
+        "max 0 means 1"
+    );
+    assert_eq!(s.recv_each(8, |e| rest.push(**e)).await, Ok(2));
+    assert_eq!(rest, [7, 8, 9]);
+}

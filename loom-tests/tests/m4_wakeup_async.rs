@@ -50,3 +50,19 @@ fn ready_is_woken_and_lends_the_value() {
         assert_eq!(seen, [(0, LABEL)]);
     });
 }
+
+/// And for `recv_with`, which parks with the closure still unused and lends the value on
+/// the poll that finds it.
+#[test]
+fn recv_with_is_woken() {
+    check("recv_with_is_woken", || {
+        let publisher = ring::<Payload>(RingConfig {
+            capacity: 2,
+            startup_capacity: 0,
+        });
+        let mut sub = publisher.subscribe();
+        let reader = thread::spawn(move || block_on(sub.recv_with(|e| (e.seq(), e.read()))));
+        assert_eq!(publisher.publish(Payload::new(LABEL)), 0);
+        assert_eq!(reader.join().unwrap(), Ok((0, LABEL)));
+    });
+}
