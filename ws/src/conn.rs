@@ -9,8 +9,9 @@
 //!    yields the startup replay (or, with `from=`, everything retained from that sequence
 //!    number), then live events, each exactly once and in publish order; replay and live
 //!    meet at a sequence number inside the bus, never compared by content.
-//! 3. **batching**: when the socket is free, the loop takes every ready event (up to
-//!    `write_batch`) and queues its *shared* encoding (`entry.json()`, or
+//! 3. **batching**: when the socket is free, the loop waits until the subscriber is ready,
+//!    then borrows every ready event from the bus (up to `write_batch`, no reference count
+//!    taken on the entry) and queues its *shared* encoding (`entry.json()`, or
 //!    `entry.json_with_seq()` with `seq=true`) in the [`Outbox`]; the outbox writes the
 //!    batch with vectored writes and one flush. Events filtered out by `events=` are skipped.
 //!    While a batch is being written no new events are taken: the bus keeps them, and a
@@ -46,9 +47,9 @@
 use std::future::poll_fn;
 
 use bytes::{Bytes, BytesMut};
-use herald_core::bus::{BusEntry, BusSubscriber};
+use herald_core::bus::BusSubscriber;
 use herald_core::event::{lagged_message, started_message};
-use herald_core::ring::RecvError;
+use herald_core::ring::TryRecvError;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -187,7 +188,6 @@ pub(crate) async fn stream_events<R, W>(
     let live_from = subscriber.cursor();
     let mut live = false;
     let mut subscriber = Some(subscriber);
-    let mut batch: Vec<Arc<BusEntry>> = Vec::with_capacity(config.write_batch);
     let mut outbox = Outbox::new();
     let mut parser = Parser::new(config.max_message_size);
     let mut phase = Phase::Streaming;
@@ -348,20 +348,21 @@ pub(crate) async fn stream_events<R, W>(
             }
 
             // 2-4. The next events, once the previous batch is written.
-            received = next_batch(&mut subscriber, &mut batch, config.write_batch),
-                if outbox.is_empty() =>
-            {
-                match received {
-                    Ok(_) => {
-                        for entry in batch.drain(..) {
-                            live |= entry.seq() >= live_from;
-                            if extensions.events.contains(entry.kind()) {
-                                let json = if extensions.seq { entry.json_with_seq() } else { entry.json() };
-                                outbox.push_event(json.clone());
-                            }
-                        }
+            () = events_ready(&mut subscriber), if outbox.is_empty() => {
+                let Some(ready) = subscriber.as_mut() else { continue };
+                // Borrowed from the bus: the only reference count taken per event is the
+                // outbox's on the shared encoding.
+                let received = ready.try_recv_each(config.write_batch, |entry| {
+                    live |= entry.seq() >= live_from;
+                    if extensions.events.contains(entry.kind()) {
+                        let json = if extensions.seq { entry.json_with_seq() } else { entry.json() };
+                        outbox.push_event(json.clone());
                     }
-                    Err(RecvError::Lagged { missed, resume_seq }) => {
+                });
+                match received {
+                    // `ready()` promised more than `Empty`; nothing is lost by looking again.
+                    Ok(_) | Err(TryRecvError::Empty) => {}
+                    Err(TryRecvError::Lagged { missed, resume_seq }) => {
                         metrics::add(&metrics.lagged_events, missed);
                         if config.on_lag == OnLag::Close && live {
                             metrics::add(&metrics.lag_closes, 1);
@@ -372,7 +373,7 @@ pub(crate) async fn stream_events<R, W>(
                             outbox.push_notice(lagged_message(missed, resume_seq));
                         }
                     }
-                    Err(RecvError::Closed) => {
+                    Err(TryRecvError::Closed) => {
                         begin_close!(Some(close_code::GOING_AWAY), "event bus closed", true);
                     }
                 }
@@ -390,15 +391,11 @@ async fn read_more<R: AsyncRead + Unpin>(
     reader.read_buf(input).await
 }
 
-/// Waits for the next events; never ready once the subscriber is gone. Cancel-safe
-/// (`recv_many` is).
-async fn next_batch(
-    subscriber: &mut Option<BusSubscriber>,
-    batch: &mut Vec<Arc<BusEntry>>,
-    max: usize,
-) -> Result<usize, RecvError> {
+/// Waits until the subscriber has events (or a lag, or the close) to hand over; never ready
+/// once the subscriber is gone. Consumes nothing, so it is cancel-safe.
+async fn events_ready(subscriber: &mut Option<BusSubscriber>) {
     match subscriber {
-        Some(subscriber) => subscriber.recv_many(batch, max).await,
+        Some(subscriber) => subscriber.ready().await,
         None => std::future::pending().await,
     }
 }

@@ -932,13 +932,20 @@ async fn stalled_clients_slow_neither_the_publisher_nor_healthy_clients() {
         "stalled clients reading again: events received before their lagged notice {buffered:?} \
          ({RETAINED} retained by the bus)"
     );
-    assert_eq!(
-        notify.metric("herald_ws_lagged_events_total").await,
-        missed_on_notify
+    // The servers' counters include every resumed client's lag, and may include lags of
+    // stalled clients that were never resumed: when the kernel grows a stalled socket's
+    // send buffer, its connection drains the outbox and is handed its lag (a notice, or
+    // 1008) that nobody reads. So: at least the resumed clients' (exact per-metric
+    // accounting is tested in stream.rs, where every client reads).
+    let lagged_events = notify.metric("herald_ws_lagged_events_total").await;
+    assert!(
+        lagged_events >= missed_on_notify,
+        "lagged_events_total {lagged_events} < {missed_on_notify} missed by resumed clients"
     );
-    assert_eq!(
-        close.metric("herald_ws_lag_closes_total").await,
-        resumed_per_server as u64
+    let lag_closes = close.metric("herald_ws_lag_closes_total").await;
+    assert!(
+        (resumed_per_server as u64..=stalled_per_server as u64).contains(&lag_closes),
+        "lag_closes_total {lag_closes}: expected {resumed_per_server}..={stalled_per_server}"
     );
     assert_eq!(close.metric("herald_ws_lagged_notices_total").await, 0);
 
