@@ -1,7 +1,7 @@
 //! The node-facing event bus: what the node calls instead of its old broadcast channel.
 //!
 //! [`Bus::publish`] gives every [`Event`] its global sequence number and puts it in the
-//! [ring](crate::ring); [`Bus::seal_startup`] ends the startup segment (call it right after
+//! [ring]; [`Bus::seal_startup`] ends the startup segment (call it right after
 //! publishing `entered-running-state`); [`Bus::subscribe`] yields the startup replay, then
 //! live events, each as a shared [`BusEntry`] whose JSON encoding is computed at most once,
 //! by whichever consumer needs it first, and then shared by all.

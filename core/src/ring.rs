@@ -72,7 +72,7 @@
 //! ring.
 //!
 //! **Wakeups.** A subscriber with nothing to read registers its waker in its own
-//! [`WaitNode`](wait::WaitNode), pushes the node on the `waiters` stack (a `SeqCst` CAS),
+//! `WaitNode` (`ring/wait.rs`), pushes the node on the `waiters` stack (a `SeqCst` CAS),
 //! issues a `SeqCst` fence and looks for a value once more before it sleeps. A publisher
 //! writes its slot with a `SeqCst` swap and then loads `waiters` with `SeqCst`: in the single
 //! total order of `SeqCst` operations either the publisher's load comes after the push and
@@ -80,6 +80,15 @@
 //! the value. When nobody is parked the publisher does one load and no syscall. Taking the
 //! whole stack is one `swap`; each node carries an `AtomicWaker` and a `queued` flag so it
 //! sits in at most one stack.
+//!
+//! **Receiving.** [`Subscriber::try_recv`], [`recv`](Subscriber::recv) and
+//! [`recv_many`](Subscriber::recv_many) hand out `Arc<Entry>`s: one reference count taken
+//! (and later dropped) per value on a line every subscriber of that value shares.
+//! [`try_recv_with`](Subscriber::try_recv_with), [`recv_with`](Subscriber::recv_with),
+//! [`try_recv_each`](Subscriber::try_recv_each) and [`recv_each`](Subscriber::recv_each)
+//! instead *lend* `&Entry` to a closure while the epoch guard is pinned, so subscribers
+//! write nothing the others read; [`ready`](Subscriber::ready) waits without consuming, for
+//! `select!` loops that read with a borrowing call afterwards.
 //!
 //! **Closing.** Publishers are counted; when the last [`Publisher`] is dropped (no publish
 //! can be in flight then) it sets `CLOSED` in `tail` and wakes everyone. Subscribers drain
