@@ -35,6 +35,7 @@
 //!   lossless: the producer stays at most [`SPSC_WINDOW`] events ahead of the consumer.
 //! * `mpsc/{herald,tokio}/{producers}`: 2 and 4 producer threads, one consumer thread,
 //!   lossless the same way.
+//! * `floor/...`: the pieces of a publish measured alone (see [`floor`]).
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
@@ -605,5 +606,64 @@ fn mpsc(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, publish, fanout, spsc, mpsc);
+// ---------------------------------------------------------------------------------------
+// floor: the parts a publish is made of, measured alone
+// ---------------------------------------------------------------------------------------
+
+/// What one herald publish does besides bookkeeping, each measured alone on this machine,
+/// so the `publish` numbers can be read against a floor:
+///
+/// * `floor/fetch_add`: one `AcqRel` `fetch_add` on a private counter (herald's claim of a
+///   sequence number; a locked instruction on x86).
+/// * `floor/fetch_add_swap`: that plus a `SeqCst` pointer swap into a 4096-slot array
+///   (the claim and the slot install; no entry behind the pointer).
+/// * `floor/payload_clone_drop`: cloning and dropping the `Arc<Event>` payload, which
+///   every publish of both implementations does (clone on the way in, drop when the value
+///   is overwritten).
+/// * `floor/entry_alloc_free`: allocating a 32-byte `Arc` holding the payload clone into
+///   a 4096-slot array and dropping the one it replaces (allocated 4096 iterations
+///   earlier): herald's entry lifecycle without the ring and without epochs.
+fn floor(c: &mut Criterion) {
+    use std::sync::atomic::AtomicPtr;
+    let event = payload();
+    let mut group = c.benchmark_group("floor");
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2))
+        .throughput(Throughput::Elements(1));
+    let counter = AtomicU64::new(0);
+    let slots: Vec<AtomicPtr<u8>> = (0..PUBLISH_CAPACITY)
+        .map(|_| AtomicPtr::new(std::ptr::null_mut()))
+        .collect();
+    let mask = PUBLISH_CAPACITY as u64 - 1;
+    group.bench_function("fetch_add", |b| {
+        // AcqRel as in herald's claim; nothing pairs with it here.
+        b.iter(|| black_box(counter.fetch_add(1, Ordering::AcqRel)))
+    });
+    group.bench_function("fetch_add_swap", |b| {
+        b.iter(|| {
+            // AcqRel / SeqCst as in herald's claim and install; nothing pairs with them here.
+            let seq = counter.fetch_add(1, Ordering::AcqRel);
+            let p = black_box(seq as usize as *mut u8);
+            black_box(slots[(seq & mask) as usize].swap(p, Ordering::SeqCst))
+        })
+    });
+    group.bench_function("payload_clone_drop", |b| {
+        b.iter(|| drop(black_box(black_box(&event).clone())))
+    });
+    group.bench_function("entry_alloc_free", |b| {
+        /// Stand-in for herald's `Entry`: a sequence number and the payload, in an `Arc`.
+        type FakeEntry = Arc<(u64, Arc<Event>)>;
+        let mut entries: Vec<Option<FakeEntry>> = vec![None; PUBLISH_CAPACITY];
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let entry = Arc::new((i, black_box(&event).clone()));
+            black_box(entries[(i & mask) as usize].replace(entry))
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, publish, floor, fanout, spsc, mpsc);
 criterion_main!(benches);
