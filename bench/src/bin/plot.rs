@@ -236,6 +236,10 @@ fn series_color(name: &str, i: usize) -> RGBAColor {
     let max = name.contains("rate=max");
     if name.starts_with("herald_many") {
         RGBColor(230, 120, 0).to_rgba()
+    } else if name.starts_with("herald_each") {
+        RGBColor(150, 0, 150).to_rgba()
+    } else if name.starts_with("herald_with") {
+        RGBColor(240, 90, 180).to_rgba()
     } else if name.starts_with("herald") {
         if max {
             RGBColor(120, 0, 0)
