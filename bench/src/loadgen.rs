@@ -223,6 +223,13 @@ pub struct Summary {
     pub fanout_us: [u64; 3],
     /// Latency samples taken.
     pub latency_samples: u64,
+    /// Time each connection took to come up, in microseconds, p50, p99 and the maximum
+    /// ([`upgrade_percentiles`]): from its first connect attempt to the `101`, retries
+    /// included.
+    pub upgrade_us: [u64; 3],
+    /// Upgrade attempts that failed (timed out, refused, cut off) and were retried or given
+    /// up on, over every connection.
+    pub upgrade_retries: u64,
 }
 
 /// One latency sample: an event's sequence number and when a connection read it, in
@@ -282,6 +289,21 @@ pub fn schedule_latency(samples: &[Sample], rate: u64) -> Histogram<u64> {
     hist
 }
 
+/// p50, p99 and the maximum of the connections' times to come up, in microseconds (all 0
+/// when none came up).
+#[must_use]
+pub fn upgrade_percentiles(micros: &[u64]) -> [u64; 3] {
+    let mut hist = histogram();
+    for &us in micros {
+        hist.saturating_record(us);
+    }
+    [
+        hist.value_at_quantile(0.5),
+        hist.value_at_quantile(0.99),
+        hist.max(),
+    ]
+}
+
 impl Summary {
     /// Event frames per second over the window: the deliveries rate.
     #[must_use]
@@ -297,7 +319,8 @@ impl fmt::Display for Summary {
             "loadgen conns={} connected={} secs={:.2} frames={} frames_per_s={:.0} \
              events={} events_per_s={:.0} bytes_per_s={:.0} lagged_notices={} missed={} \
              gaps={} dups={} unsequenced={} dropped={} p50_us={} p99_us={} p999_us={} \
-             latency_kind={} fan_p50_us={} fan_p99_us={} fan_p999_us={} latency_samples={}",
+             latency_kind={} fan_p50_us={} fan_p99_us={} fan_p999_us={} latency_samples={} \
+             upgrade_p50_us={} upgrade_p99_us={} upgrade_max_us={} upgrade_retries={}",
             self.conns,
             self.connected,
             self.secs,
@@ -320,6 +343,10 @@ impl fmt::Display for Summary {
             self.fanout_us[1],
             self.fanout_us[2],
             self.latency_samples,
+            self.upgrade_us[0],
+            self.upgrade_us[1],
+            self.upgrade_us[2],
+            self.upgrade_retries,
         )
     }
 }
@@ -470,6 +497,8 @@ mod tests {
             latency_kind: "schedule",
             fanout_us: [1, 2, 3],
             latency_samples: 50,
+            upgrade_us: [900, 12_000, 31_000],
+            upgrade_retries: 2,
         };
         let line = s.to_string();
         assert!(line.starts_with("loadgen conns=100 "));
@@ -478,7 +507,23 @@ mod tests {
         assert_eq!(parse_summary_field(&line, "gaps"), Some(0.0));
         assert_eq!(parse_summary_field(&line, "fan_p999_us"), Some(3.0));
         assert!(line.contains(" latency_kind=schedule "));
+        assert_eq!(parse_summary_field(&line, "upgrade_p99_us"), Some(12_000.0));
+        assert_eq!(parse_summary_field(&line, "upgrade_max_us"), Some(31_000.0));
+        assert_eq!(parse_summary_field(&line, "upgrade_retries"), Some(2.0));
         assert_eq!(parse_summary_field(&line, "nope"), None);
+    }
+
+    #[test]
+    fn upgrade_percentiles_take_the_slowest_connection_as_the_maximum() {
+        // 99 connections up in 1 ms, one after a retry at 10.2 s.
+        let mut micros = vec![1_000; 99];
+        micros.push(10_200_000);
+        let [p50, p99, max] = upgrade_percentiles(&micros);
+        assert_eq!(p50, 1_000);
+        assert_eq!(p99, 1_000);
+        let hist = histogram();
+        assert!(hist.equivalent(max, 10_200_000), "max {max}");
+        assert_eq!(upgrade_percentiles(&[]), [0, 0, 0]);
     }
 
     const MS: u64 = 1_000_000;

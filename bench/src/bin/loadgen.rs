@@ -11,12 +11,21 @@
 //! ```text
 //! loadgen conns=1000 connected=1000 secs=10.00 frames=... frames_per_s=... events=...
 //! events_per_s=... bytes_per_s=... lagged_notices=... missed=... gaps=0 dups=0 ...
-//! p50_us=... p99_us=... p999_us=... latency_samples=...
+//! p50_us=... p99_us=... p999_us=... latency_samples=... upgrade_p50_us=...
+//! upgrade_p99_us=... upgrade_max_us=... upgrade_retries=...
 //! ```
 //!
 //! `events_per_s` is the deliveries rate (event frames over every connection), `missed` the
 //! sum of the `lagged` notices' counts, `gaps`/`dups` events skipped without a notice and
 //! events received twice or out of order, per connection, over the whole run.
+//!
+//! **Connecting.** At most `--connect-concurrency` connections are being set up at a time.
+//! An upgrade attempt (TCP connect, request, `101`) that fails or takes over 10 s is
+//! retried, three attempts in all. `upgrade_p50_us`/`upgrade_p99_us`/`upgrade_max_us` are the
+//! connections' times from their first attempt to their `101` (retries included; only
+//! connections that came up), `upgrade_retries` the attempts that failed: a server that is
+//! slow to answer new clients while it streams to others shows here even when every
+//! connection came up in the end.
 //!
 //! **Latency.** The simulated node's block `timestamp` is its simulated block time in
 //! milliseconds, one stamp for the two or three events of a block (and at `--rate max` it
@@ -56,6 +65,7 @@ use clap::Parser;
 use fastwebsockets::{OpCode, Role, WebSocket};
 use herald_bench::loadgen::{
     Frame, Sample, SeqTracker, Summary, classify, fanout_latency, percentiles, schedule_latency,
+    upgrade_percentiles,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -243,10 +253,19 @@ const WARMUP: u8 = 0;
 const MEASURING: u8 = 1;
 const DONE: u8 = 2;
 
+/// How long one upgrade attempt (TCP connect, request, `101`) may take.
+const UPGRADE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Upgrade attempts per connection before it is given up on.
+const UPGRADE_ATTEMPTS: u64 = 3;
+
 /// What one connection hands back.
 #[derive(Default)]
 struct ConnResult {
     connected: bool,
+    /// From the first upgrade attempt to the `101`, retries included.
+    upgrade_us: Option<u64>,
+    /// Upgrade attempts that failed.
+    upgrade_retries: u64,
     error: Option<String>,
     /// Ended before the run did.
     dropped: bool,
@@ -267,25 +286,28 @@ async fn run_connection(
 ) -> ConnResult {
     let mut out = ConnResult::default();
     let permit = connecting.acquire().await;
+    let started = Instant::now();
     let mut ws = {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            match tokio::time::timeout(Duration::from_secs(10), connect(&target)).await {
+            let failed = match tokio::time::timeout(UPGRADE_TIMEOUT, connect(&target)).await {
                 Ok(Ok(ws)) => break ws,
-                Ok(Err(e)) if attempt >= 3 => {
-                    out.error = Some(e);
-                    return out;
-                }
-                Err(_) if attempt >= 3 => {
-                    out.error = Some("upgrade timed out".to_owned());
-                    return out;
-                }
-                _ => tokio::time::sleep(Duration::from_millis(100 * attempt)).await,
+                Ok(Err(e)) => e,
+                Err(_) => format!("upgrade timed out ({} s)", UPGRADE_TIMEOUT.as_secs()),
+            };
+            out.upgrade_retries += 1;
+            if attempt >= UPGRADE_ATTEMPTS {
+                out.error = Some(format!(
+                    "{failed} (attempt {attempt} of {UPGRADE_ATTEMPTS})"
+                ));
+                return out;
             }
+            tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
         }
     };
     drop(permit);
+    out.upgrade_us = Some(u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX));
     out.connected = true;
     reporter.report(true);
     let mut tracker = SeqTracker::new();
@@ -453,6 +475,7 @@ async fn run(args: Args, target: Target) -> Result<Summary, String> {
         Some(rate) => (percentiles(&schedule_latency(&samples, rate)), "schedule"),
         None => (percentiles(&fanout), "fanout"),
     };
+    let upgrade_us: Vec<u64> = results.iter().filter_map(|r| r.upgrade_us).collect();
     if let Some(e) = results.iter().find_map(|r| r.error.as_ref()) {
         eprintln!("herald-loadgen: note: a connection reported: {e}");
     }
@@ -469,6 +492,8 @@ async fn run(args: Args, target: Target) -> Result<Summary, String> {
         latency_kind,
         fanout_us: percentiles(&fanout),
         latency_samples: fanout.len(),
+        upgrade_us: upgrade_percentiles(&upgrade_us),
+        upgrade_retries: results.iter().map(|r| r.upgrade_retries).sum(),
     })
 }
 
