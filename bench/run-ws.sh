@@ -18,8 +18,10 @@ CONNS=${CONNS:-"100 1000"}
 SECS=${SECS:-10}
 WARMUP=${WARMUP:-2}
 CSV=${CSV:-bench/results/ws.csv}
-HERALD_PORT=${HERALD_PORT:-41100}      # run n listens on HERALD_PORT + 2n
-BASELINE_PORT=${BASELINE_PORT:-41101}  # run n listens on BASELINE_PORT + 2n
+# Below Linux's default ephemeral range (32768-60999), so the load generator's own client
+# sockets cannot already hold a server's port.
+HERALD_PORT=${HERALD_PORT:-21100}      # run n listens on HERALD_PORT + 2n
+BASELINE_PORT=${BASELINE_PORT:-21101}  # run n listens on BASELINE_PORT + 2n
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
 cargo build --release -q -p herald-ws --bin herald -p herald-bench --bin herald-loadgen --bin herald-baseline
@@ -31,7 +33,7 @@ LOADGEN="$TARGET_DIR/release/herald-loadgen"
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 mkdir -p "$(dirname "$CSV")"
-FIELDS="secs connected events_per_s frames_per_s bytes_per_s lagged_notices missed gaps dups dropped latency_kind p50_us p99_us p999_us fan_p50_us fan_p99_us fan_p999_us"
+FIELDS="secs connected events_per_s frames_per_s bytes_per_s lagged_notices missed gaps dups dropped latency_kind p50_us p99_us p999_us fan_p50_us fan_p99_us fan_p999_us upgrade_p50_us upgrade_p99_us upgrade_max_us upgrade_retries"
 if [[ ${APPEND:-0} != 1 || ! -s $CSV ]]; then
     echo "server,rate,conns,${FIELDS// /,}" >"$CSV"
 fi

@@ -15,7 +15,10 @@
 //!    `entry.json_with_seq()` with `seq=true`) in the [`Outbox`]; the outbox writes the
 //!    batch with vectored writes and one flush. Events filtered out by `events=` are skipped.
 //!    While a batch is being written no new events are taken: the bus keeps them, and a
-//!    client that stays behind by more than the bus capacity is lapped.
+//!    client that stays behind by more than the bus capacity is lapped. A client that keeps
+//!    up with a busy bus never makes the loop wait, so after every [`WRITE_STINT`] bytes
+//!    written the loop yields to the runtime's other tasks (the accept loop, handshakes,
+//!    other connections).
 //! 4. **lag**: when the bus lapped this client it reports how many events it skipped; the
 //!    client gets `{"event":"lagged",...,"payload":{"missed":N,"resume-seq":S}}` and delivery
 //!    continues at `S`. With [`OnLag::Close`] the connection is closed with 1008 instead
@@ -67,6 +70,12 @@ use crate::server::{CLOSE_TIMEOUT, OnLag, ServerConfig, Shared};
 /// The connection stops reading the client while this many of its control frames (pongs,
 /// close) wait to be written: a client that pings without reading cannot grow the queue.
 const MAX_QUEUED_CONTROLS: usize = 32;
+
+/// Bytes a connection writes before it lets the runtime's other tasks run. A client that
+/// keeps up with a busy bus never makes the loop wait, and tokio's budget (128 operations a
+/// poll) then lets one poll write 128 batches, megabytes; with 1000 such connections the
+/// accept loop and new clients' handshakes waited over 10 s for their turn.
+const WRITE_STINT: u64 = 64 * 1024;
 
 /// Free buffer space offered to each socket read. Clients send little (pongs, a close), and
 /// a server may hold 10,000 connections; a larger frame grows the buffer as it arrives.
@@ -196,6 +205,7 @@ pub(crate) async fn stream_events<R, W>(
     let mut last_heard = Instant::now();
     let mut ping_sent: Option<Ping> = None; // our unanswered ping
     let mut pings = 0u64;
+    let mut stint = 0u64; // bytes written since the loop last yielded
     let timer = tokio::time::sleep_until(last_heard + config.ping_interval);
     tokio::pin!(timer);
 
@@ -318,6 +328,11 @@ pub(crate) async fn stream_events<R, W>(
                         }
                         metrics::add(&metrics.events_delivered, d.events);
                         metrics::add(&metrics.bytes_sent, d.bytes);
+                        stint += d.bytes;
+                        if stint >= WRITE_STINT {
+                            stint = 0;
+                            tokio::task::yield_now().await;
+                        }
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "write failed");
@@ -482,5 +497,54 @@ mod tests {
         .expect("the connection did not end");
         assert_eq!(bus.stats().subscribers, 0);
         assert_eq!(metrics.snapshot().events_delivered, 2);
+    }
+
+    /// A stream whose client keeps up and whose bus always has events never runs out of
+    /// work on its own; it must still hand the worker back often enough that the accept
+    /// loop and other clients' handshakes get their turn (bench/RESULTS.md: at `--rate max`
+    /// with 1000 busy streams, upgrades waited over 10 s). `sink()` always accepts, so only
+    /// the loop's own yielding ends its first stint; the probe behind it in `select!` reads
+    /// what was written by then.
+    #[tokio::test]
+    async fn a_busy_stream_yields_after_a_bounded_amount_of_writing() {
+        let bus = Bus::new(BusConfig {
+            capacity: 1 << 14,
+            ..BusConfig::default()
+        });
+        bus.seal_startup();
+        let subscriber = bus.subscribe();
+        // ~1 KiB per event, far more events than one yield allows.
+        let block_hash = "ab".repeat(500);
+        for _ in 0..10_000 {
+            bus.publish(Event::SentApprovedBlock {
+                block_hash: block_hash.clone(),
+            });
+        }
+        let config = ServerConfig::default();
+        let metrics = Metrics::default();
+        let (_shutdown_tx, shutdown) = watch::channel(false);
+        // The client sends nothing and never closes: reading stays pending.
+        let (reader, _client) = tokio::io::duplex(64);
+        let stream = stream_events(
+            reader,
+            tokio::io::sink(),
+            BytesMut::new(),
+            subscriber,
+            query::parse(None).unwrap(),
+            &config,
+            &metrics,
+            shutdown,
+        );
+        let written = tokio::select! {
+            biased;
+            () = stream => panic!("the stream ended"),
+            () = std::future::ready(()) => metrics.snapshot().bytes_sent,
+        };
+        // One batch past the 64 KiB stint at most (128 events of ~1 KiB), not thousands.
+        assert!(written > 0, "the stream wrote nothing before yielding");
+        assert!(
+            written <= 64 * 1024 + 128 * 1100,
+            "a busy stream wrote {written} bytes before letting other tasks run"
+        );
     }
 }
