@@ -827,3 +827,36 @@ async fn recv_with_reports_a_lag_and_keeps_its_closure_for_the_next_call() {
     assert_eq!(s.recv_each(8, |e| rest.push(**e)).await, Ok(2));
     assert_eq!(rest, [7, 8, 9]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_covers_the_startup_replay_and_a_from_point_no_longer_retained() {
+    // Startup events to replay: ready at once, and the borrowing receive replays them.
+    let p = ring::ring::<u64>(cfg(4, 8));
+    p.publish(10);
+    p.publish(11);
+    let mut early = p.subscribe();
+    early.ready().await;
+    let mut seen = Vec::new();
+    assert_eq!(early.try_recv_each(8, |e| seen.push((e.seq(), **e))), Ok(2));
+    assert_eq!(seen, [(0, 10), (1, 11)]);
+    assert_eq!(early.try_recv_each(8, |_| {}), Err(TryRecvError::Empty));
+    p.seal_startup();
+    for i in 2..12 {
+        p.publish(i);
+    }
+    // A subscriber from sequence 2, which the 4-slot ring no longer holds: its first
+    // ready() is the lag (2..=7 missed), then 8..=11.
+    let mut late = p.subscribe_from(2);
+    late.ready().await;
+    assert_eq!(
+        late.try_recv_each(8, |_| {}),
+        Err(TryRecvError::Lagged {
+            missed: 6,
+            resume_seq: 8
+        })
+    );
+    late.ready().await;
+    seen.clear();
+    assert_eq!(late.try_recv_each(8, |e| seen.push((e.seq(), **e))), Ok(4));
+    assert_eq!(seen, [(8, 8), (9, 9), (10, 10), (11, 11)]);
+}
