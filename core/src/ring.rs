@@ -676,6 +676,10 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
     /// the entry's cache line travel between the cores of all its readers. A subscriber
     /// that only needs to look at the value (copy a field, clone a `Bytes` out of it)
     /// reads it here in place, writing nothing the other subscribers read.
+    ///
+    /// `f` runs while this thread holds an epoch guard: keep it short (no blocking, no
+    /// waiting on other threads), since no retired entry of any ring in the process can be
+    /// freed until it returns. If `f` panics, the value counts as received.
     pub fn try_recv_with<R>(&mut self, f: impl FnOnce(&Entry<T>) -> R) -> Result<R, TryRecvError> {
         let guard = self.shared.reclaim.pin();
         match self.pos.next(&self.shared, &guard) {
@@ -696,9 +700,10 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
     }
 
     /// Lends up to `max` ready values to `f`, in order, under one epoch guard and without
-    /// taking reference counts (see [`try_recv_with`](Self::try_recv_with)). Returns how
-    /// many it lent (at least one), or an error when none was ready. A lag found after
-    /// some values is reported by the next call.
+    /// taking reference counts (see [`try_recv_with`](Self::try_recv_with), also for what
+    /// `f` may do). Returns how many it lent (at least one; 0 only when `max` is 0), or an
+    /// error when none was ready. A lag found after some values is reported by the next
+    /// call.
     ///
     /// ```
     /// use herald_core::ring::{self, RingConfig, TryRecvError};
@@ -753,7 +758,8 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
     }
 
     /// Waits (without spinning) for at least one value, then lends up to `max` ready ones
-    /// to `f` (see [`try_recv_each`](Self::try_recv_each)). Returns how many it lent.
+    /// to `f` (see [`try_recv_each`](Self::try_recv_each)). Returns how many it lent; a
+    /// `max` of 0 is taken as 1.
     pub fn recv_each<F: FnMut(&Entry<T>)>(&mut self, max: usize, f: F) -> RecvEach<'_, T, F> {
         RecvEach { sub: self, max, f }
     }
