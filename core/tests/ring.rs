@@ -860,3 +860,18 @@ async fn ready_covers_the_startup_replay_and_a_from_point_no_longer_retained() {
     assert_eq!(late.try_recv_each(8, |e| seen.push((e.seq(), **e))), Ok(4));
     assert_eq!(seen, [(8, 8), (9, 9), (10, 10), (11, 11)]);
 }
+
+#[test]
+fn a_panicking_borrow_closure_consumes_its_value_and_the_subscriber_goes_on() {
+    let p = ring::ring::<u32>(cfg(4, 0));
+    p.seal_startup();
+    let mut s = p.subscribe();
+    p.publish(1);
+    p.publish(2);
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        s.try_recv_with(|e| -> u32 { panic!("closure failed on {}", **e) })
+    }));
+    assert!(caught.is_err());
+    assert_eq!(s.try_recv_with(|e| (e.seq(), **e)), Ok((1, 2)));
+    assert_eq!(s.try_recv_with(|e| **e), Err(TryRecvError::Empty));
+}
