@@ -649,7 +649,7 @@ pub struct Subscriber<T: Send + Sync + 'static> {
 
 /// A subscriber's place in the sequence space, kept apart from its `shared` handle so an
 /// epoch guard can borrow the ring while the position is updated.
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Position {
     /// Next startup cell to replay; replay is done when it reaches `replay_end`.
     replay_next: u64,
@@ -927,27 +927,12 @@ impl Position {
         n
     }
 
-    /// Whether `next` would return something other than `Empty`. Reads only.
-    fn is_ready<T: Send + Sync + 'static>(&self, shared: &Shared<T>, _guard: &Guard<'_>) -> bool {
-        if self.replay_next < self.replay_end {
-            // Acquire: pairs with the publisher's Release store into the startup cell.
-            return !shared.startup[self.replay_next as usize]
-                .load(Ordering::Acquire)
-                .is_null();
-        }
-        if self.pending_missed > 0 {
-            return true;
-        }
-        let slot = &shared.slots[(self.cursor & shared.mask) as usize];
-        // Acquire: pairs with the publisher's SeqCst (Release) swap in `install`.
-        let p = slot.load(Ordering::Acquire);
-        // SAFETY: `p` was reachable from the slot while `_guard` is pinned, so it is not
-        // freed before the guard is dropped.
-        if !p.is_null() && unsafe { (*p).seq() } >= self.cursor {
-            return true; // this value, or a lag
-        }
-        // Acquire: pairs with the last publisher's CLOSED fetch_or.
-        shared.tail.load(Ordering::Acquire) & CLOSED != 0
+    /// Whether `next` would return something other than `Empty`: `next` itself, run on a
+    /// copy of this position. `next` only reads the ring, so throwing the copy away undoes
+    /// everything it did.
+    fn is_ready<T: Send + Sync + 'static>(&self, shared: &Shared<T>, guard: &Guard<'_>) -> bool {
+        let mut probe = *self;
+        !matches!(probe.next(shared, guard), Err(TryRecvError::Empty))
     }
 
     /// The next value, borrowed: valid while `guard` is pinned (live values) or while the

@@ -434,6 +434,25 @@ async fn recv_many_waits_then_batches() {
     assert!(batches <= 5_000);
 }
 
+/// Publishes `(producer, n)` for `n` in `0..per` from each of `producers` threads, then
+/// drops the last publisher (closing the ring) once they are all done.
+fn publish_from_threads(p: ring::Publisher<(u64, u64)>, producers: u64, per: u64) {
+    let threads: Vec<_> = (0..producers)
+        .map(|pid| {
+            let p = p.clone();
+            thread::spawn(move || {
+                for n in 0..per {
+                    p.publish((pid, n));
+                }
+            })
+        })
+        .collect();
+    drop(p);
+    for h in threads {
+        h.join().unwrap();
+    }
+}
+
 /// 4 producers x 250k with 8 subscribers, some slow, on a ring small enough that the slow
 /// ones lap. For each subscriber: sequences strictly increase, per-producer order holds,
 /// and received + missed == published since it joined.
@@ -487,20 +506,7 @@ fn stress_many_producers_many_subscribers_exact_accounting() {
             })
         })
         .collect();
-    let producers: Vec<_> = (0..PRODUCERS)
-        .map(|pid| {
-            let p = p.clone();
-            thread::spawn(move || {
-                for n in 0..PER {
-                    p.publish((pid, n));
-                }
-            })
-        })
-        .collect();
-    drop(p);
-    for h in producers {
-        h.join().unwrap();
-    }
+    publish_from_threads(p, PRODUCERS, PER);
     let mut any_lag = false;
     for r in readers {
         let (join, received, missed, _slow) = r.join().unwrap();
@@ -735,20 +741,7 @@ async fn stress_ready_and_try_recv_each_exact_accounting() {
             })
         })
         .collect();
-    let producers: Vec<_> = (0..PRODUCERS)
-        .map(|pid| {
-            let p = p.clone();
-            thread::spawn(move || {
-                for n in 0..PER {
-                    p.publish((pid, n));
-                }
-            })
-        })
-        .collect();
-    drop(p);
-    for h in producers {
-        h.join().unwrap();
-    }
+    publish_from_threads(p, PRODUCERS, PER);
     for r in readers {
         let (join, received, missed) = r.await.unwrap();
         assert_eq!(received + missed, PRODUCERS * PER - join);
