@@ -24,6 +24,8 @@
 //!    continues at `S`. With [`OnLag::Close`] the connection is closed with 1008 instead
 //!    (except for a lag reported before the first live event: a `from=` point no longer
 //!    retained, or a startup segment that overflowed, which are not the client's doing).
+//!    Lags the bus reports back to back, with no event between them, are told as one
+//!    notice ([`take_events`]).
 //!    Publishers never wait for any client.
 //! 5. **reading**: the client's frames are read all along (reads are cancel-safe and raced
 //!    against writes, so a long write never stops the reading and vice versa): pings are
@@ -50,7 +52,7 @@
 use std::future::poll_fn;
 
 use bytes::{Bytes, BytesMut};
-use herald_core::bus::BusSubscriber;
+use herald_core::bus::{BusEntry, BusSubscriber};
 use herald_core::event::{lagged_message, started_message};
 use herald_core::ring::TryRecvError;
 use hyper::upgrade::Upgraded;
@@ -367,36 +369,116 @@ pub(crate) async fn stream_events<R, W>(
             // 2-4. The next events, once the previous batch is written.
             () = events_ready(&mut subscriber), if outbox.is_empty() => {
                 let Some(ready) = subscriber.as_mut() else { continue };
-                // Borrowed from the bus: the only reference count taken per event is the
-                // outbox's on the shared encoding.
-                let received = ready.try_recv_each(config.write_batch, |entry| {
-                    live |= entry.seq() >= live_from;
-                    if extensions.events.contains(entry.kind()) {
-                        let json = if extensions.seq { entry.json_with_seq() } else { entry.json() };
-                        outbox.push_event(json.clone());
+                let taken = take_events(
+                    |lend| ready.try_recv_each(config.write_batch, lend),
+                    &mut outbox,
+                    &extensions,
+                    config.on_lag,
+                    (&mut live, live_from),
+                    metrics,
+                );
+                match taken {
+                    Taken::Queued => {}
+                    Taken::TooSlow { missed } => {
+                        metrics::add(&metrics.lag_closes, 1);
+                        let reason = format!("client too slow: missed {missed} events");
+                        begin_close!(Some(close_code::POLICY_VIOLATION), &reason, true);
                     }
-                });
-                match received {
-                    // `ready()` promised more than `Empty`; nothing is lost by looking again.
-                    Ok(_) | Err(TryRecvError::Empty) => {}
-                    Err(TryRecvError::Lagged { missed, resume_seq }) => {
-                        metrics::add(&metrics.lagged_events, missed);
-                        if config.on_lag == OnLag::Close && live {
-                            metrics::add(&metrics.lag_closes, 1);
-                            let reason = format!("client too slow: missed {missed} events");
-                            begin_close!(Some(close_code::POLICY_VIOLATION), &reason, true);
-                        } else {
-                            metrics::add(&metrics.lagged_notices, 1);
-                            outbox.push_notice(lagged_message(missed, resume_seq));
-                        }
-                    }
-                    Err(TryRecvError::Closed) => {
+                    Taken::Closed => {
                         begin_close!(Some(close_code::GOING_AWAY), "event bus closed", true);
                     }
                 }
             }
         }
     }
+}
+
+/// How [`take_events`] ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Taken {
+    /// Events, a `lagged` notice, or both are queued (or, rarely, nothing was there after
+    /// all).
+    Queued,
+    /// The client lagged while live and [`OnLag::Close`] is set: close with 1008.
+    TooSlow { missed: u64 },
+    /// The bus is closed and drained (a notice still to tell is queued first).
+    Closed,
+}
+
+/// What [`take_events`] hands its `recv`: the function each ready event is lent to.
+type Lend<'a> = &'a mut dyn FnMut(&BusEntry);
+
+/// Most times [`take_events`] looks again after a lag, before it queues the lags merged
+/// so far. The bus laps a client again right away only while it publishes `capacity`
+/// events in the time of one look, so this bound is reached only on a tiny bus.
+const MAX_LAG_LOOKS: usize = 64;
+
+/// Queues the next batch of events: `recv` lends each ready event to its argument (as
+/// `try_recv_each` does); those `extensions` lets through go into `outbox` as shared
+/// encodings. `live` is set once an event at or past `live_from` (the first live sequence
+/// number) comes by.
+///
+/// **Lags are told once.** A lag the bus reports is not queued at once: the bus is asked
+/// again, and lags it reports back to back (it lapped the client again before the client
+/// read the event it was moved to: on a busy bus the oldest retained event is the next one
+/// overwritten) are merged into one `lagged` notice, with the sum of `missed` and the last
+/// `resume-seq`, queued just before the first event that follows. So a `from=` point no
+/// longer retained gets the one notice SPEC section 4 promises.
+fn take_events(
+    mut recv: impl FnMut(Lend<'_>) -> Result<usize, TryRecvError>,
+    outbox: &mut Outbox,
+    extensions: &Extensions,
+    on_lag: OnLag,
+    (live, live_from): (&mut bool, u64),
+    metrics: &Metrics,
+) -> Taken {
+    /// Queues the merged lag, if any.
+    fn tell(lag: &mut Option<(u64, u64)>, outbox: &mut Outbox, metrics: &Metrics) {
+        if let Some((missed, resume_seq)) = lag.take() {
+            metrics::add(&metrics.lagged_notices, 1);
+            outbox.push_notice(lagged_message(missed, resume_seq));
+        }
+    }
+    let mut lag: Option<(u64, u64)> = None;
+    let mut taken = Taken::Queued;
+    for _ in 0..MAX_LAG_LOOKS {
+        let received = recv(&mut |entry| {
+            tell(&mut lag, outbox, metrics);
+            *live |= entry.seq() >= live_from;
+            if extensions.events.contains(entry.kind()) {
+                let json = if extensions.seq {
+                    entry.json_with_seq()
+                } else {
+                    entry.json()
+                };
+                // Borrowed from the bus: the only reference count taken per event is the
+                // outbox's on the shared encoding.
+                outbox.push_event(json.clone());
+            }
+        });
+        match received {
+            // `ready()` promised more than `Empty`; nothing is lost by looking again.
+            Ok(_) | Err(TryRecvError::Empty) => break,
+            Err(TryRecvError::Lagged { missed, resume_seq }) => {
+                metrics::add(&metrics.lagged_events, missed);
+                // A lag before the first live event (a `from=` point no longer retained,
+                // a startup segment that overflowed) is not the client's doing: told,
+                // never closed for.
+                if on_lag == OnLag::Close && *live {
+                    taken = Taken::TooSlow { missed };
+                    break;
+                }
+                let before = lag.map_or(0, |(missed, _)| missed);
+                lag = Some((before + missed, resume_seq));
+            }
+            Err(TryRecvError::Closed) => {
+                taken = Taken::Closed;
+                break;
+            }
+        }
+    }
+    tell(&mut lag, outbox, metrics);
+    taken
 }
 
 /// Reads more client bytes into `input`. Cancel-safe (`read_buf` is).
@@ -499,6 +581,177 @@ mod tests {
         .expect("the connection did not end");
         assert_eq!(bus.stats().subscribers, 0);
         assert_eq!(metrics.snapshot().events_delivered, 2);
+    }
+
+    /// The text frames `outbox` holds, in order (server frames: unmasked).
+    async fn texts(outbox: &mut Outbox) -> Vec<String> {
+        let mut wire = Vec::new();
+        poll_fn(|cx| outbox.poll_drain(cx, &mut wire))
+            .await
+            .expect("writing to a Vec");
+        let mut texts = Vec::new();
+        let mut at = 0;
+        while at < wire.len() {
+            assert_eq!(wire[at], 0x81, "a final text frame");
+            let (len, head) = match wire[at + 1] {
+                126 => (
+                    usize::from(u16::from_be_bytes([wire[at + 2], wire[at + 3]])),
+                    4,
+                ),
+                n => (usize::from(n), 2),
+            };
+            let payload = &wire[at + head..at + head + len];
+            texts.push(String::from_utf8(payload.to_vec()).expect("utf-8"));
+            at += head + len;
+        }
+        texts
+    }
+
+    /// Entries of a real bus, for scripted `recv`s: `n` events with seqs `0..n`.
+    fn entries(n: u64) -> Vec<Arc<BusEntry>> {
+        let bus = Bus::new(BusConfig::default());
+        bus.seal_startup();
+        let mut sub = bus.subscribe();
+        for i in 0..n {
+            bus.publish(Event::SentApprovedBlock {
+                block_hash: format!("{i:02x}"),
+            });
+        }
+        (0..n).map(|_| sub.try_recv().expect("published")).collect()
+    }
+
+    /// One step of a scripted `recv`: `Ok(range)` lends those entries.
+    type Step = Result<std::ops::Range<usize>, TryRecvError>;
+
+    /// A `recv` that plays `script`, then reports `Empty`.
+    fn scripted(
+        entries: &[Arc<BusEntry>],
+        script: Vec<Step>,
+    ) -> impl FnMut(Lend<'_>) -> Result<usize, TryRecvError> {
+        let mut script = script.into_iter();
+        move |lend| match script.next().unwrap_or(Err(TryRecvError::Empty)) {
+            Ok(range) => {
+                let n = range.len();
+                for entry in &entries[range] {
+                    lend(entry);
+                }
+                Ok(n)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    #[tokio::test]
+    async fn lags_back_to_back_are_told_as_one_notice() {
+        let entries = entries(40);
+        let metrics = Metrics::default();
+        let mut outbox = Outbox::new();
+        let mut live = false;
+        let lagged = |missed, resume_seq| TryRecvError::Lagged { missed, resume_seq };
+        // Lapped at 3 (moved to 20), lapped again at 20 (moved to 21) and at 21 (to 30),
+        // then events 30 and 31.
+        let recv = scripted(
+            &entries,
+            vec![
+                Err(lagged(17, 20)),
+                Err(lagged(1, 21)),
+                Err(lagged(9, 30)),
+                Ok(30..32),
+            ],
+        );
+        let extensions = query::parse(Some("seq=true")).unwrap();
+        let taken = take_events(
+            recv,
+            &mut outbox,
+            &extensions,
+            OnLag::Close,
+            (&mut live, 3),
+            &metrics,
+        );
+        assert_eq!(taken, Taken::Queued);
+        assert_eq!(
+            texts(&mut outbox).await,
+            [
+                String::from_utf8(lagged_message(27, 30).to_vec()).unwrap(),
+                String::from_utf8(entries[30].json_with_seq().to_vec()).unwrap(),
+                String::from_utf8(entries[31].json_with_seq().to_vec()).unwrap(),
+            ]
+        );
+        assert!(live, "30 is past the first live sequence number");
+        let snapshot = metrics.snapshot();
+        assert_eq!((snapshot.lagged_events, snapshot.lagged_notices), (27, 1));
+
+        // Live now: the next lag closes (OnLag::Close), with nothing queued.
+        let recv = scripted(&entries, vec![Err(lagged(5, 37)), Ok(37..38)]);
+        let taken = take_events(
+            recv,
+            &mut outbox,
+            &extensions,
+            OnLag::Close,
+            (&mut live, 3),
+            &metrics,
+        );
+        assert_eq!(taken, Taken::TooSlow { missed: 5 });
+        assert!(outbox.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_lag_is_told_before_the_close_and_when_the_bus_goes_quiet() {
+        let entries = entries(8);
+        let metrics = Metrics::default();
+        let mut outbox = Outbox::new();
+        let mut live = false;
+        let lagged = |missed, resume_seq| TryRecvError::Lagged { missed, resume_seq };
+        let extensions = query::parse(None).unwrap();
+        // Lagged twice, then nothing to read yet: one notice now, not with the next event.
+        let recv = scripted(&entries, vec![Err(lagged(2, 4)), Err(lagged(1, 5))]);
+        let taken = take_events(
+            recv,
+            &mut outbox,
+            &extensions,
+            OnLag::Notify,
+            (&mut live, 0),
+            &metrics,
+        );
+        assert_eq!(taken, Taken::Queued);
+        assert_eq!(
+            texts(&mut outbox).await,
+            [String::from_utf8(lagged_message(3, 5).to_vec()).unwrap()]
+        );
+        // Lagged, then the bus closed: the notice comes before the close.
+        let recv = scripted(&entries, vec![Err(lagged(4, 9)), Err(TryRecvError::Closed)]);
+        let taken = take_events(
+            recv,
+            &mut outbox,
+            &extensions,
+            OnLag::Notify,
+            (&mut live, 0),
+            &metrics,
+        );
+        assert_eq!(taken, Taken::Closed);
+        assert_eq!(
+            texts(&mut outbox).await,
+            [String::from_utf8(lagged_message(4, 9).to_vec()).unwrap()]
+        );
+        // A bus that laps the client at every look: after MAX_LAG_LOOKS looks the merged
+        // lag is told and the loop returns (the next turn goes on).
+        let recv = |_: Lend<'_>| Err(lagged(1, 100));
+        let taken = take_events(
+            recv,
+            &mut outbox,
+            &extensions,
+            OnLag::Notify,
+            (&mut live, 0),
+            &metrics,
+        );
+        assert_eq!(taken, Taken::Queued);
+        assert_eq!(
+            texts(&mut outbox).await,
+            [String::from_utf8(lagged_message(MAX_LAG_LOOKS as u64, 100).to_vec()).unwrap()]
+        );
+        let snapshot = metrics.snapshot();
+        assert_eq!(snapshot.lagged_notices, 3);
+        assert_eq!(snapshot.lagged_events, 3 + 4 + MAX_LAG_LOOKS as u64);
     }
 
     /// A stream whose client keeps up and whose bus always has events never runs out of
