@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! herald serve [--listen 127.0.0.1:40403] [--role validator] [--rate 10] ...
-//! herald tail [ws://127.0.0.1:40403/ws/events] [--events a,b] [--count N] [--json] [--stats]
+//! herald tail [ws://127.0.0.1:40403/ws/events] [--events a,b] [--seq] [--from SEQ] [--count N]
+//!             [--json] [--stats]
 //! ```
 
 #[cfg(feature = "mimalloc")]
@@ -109,6 +110,13 @@ struct TailArgs {
     /// Only these event types, comma-separated (e.g. block-added,block-finalised).
     #[arg(long, value_delimiter = ',')]
     events: Vec<EventKind>,
+    /// Ask for sequence numbers (`seq=true`): each line ends with `seq=N`.
+    #[arg(long)]
+    seq: bool,
+    /// Resume from sequence number SEQ (`from=SEQ`): every event from SEQ the server still
+    /// retains, then live events; older ones are reported as one `lagged` line.
+    #[arg(long, value_name = "SEQ")]
+    from: Option<u64>,
     /// Exit after this many events (`started` and `lagged` not counted).
     #[arg(long)]
     count: Option<u64>,
@@ -325,6 +333,8 @@ fn tail_main(args: TailArgs) -> ExitCode {
     let options = TailOptions {
         url: args.url,
         events: args.events,
+        seq: args.seq,
+        from: args.from,
         count: args.count,
         json: args.json,
         stats: args.stats,

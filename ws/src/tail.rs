@@ -1,6 +1,8 @@
 //! `herald tail`: a command-line client of `/ws/events`.
 //!
-//! [`run`] connects (HTTP/1.1 upgrade over TCP, RFC 6455 client), checks that the stream
+//! [`run`] connects (HTTP/1.1 upgrade over TCP, RFC 6455 client: the server's
+//! `Sec-WebSocket-Accept` must answer our key), asks for the extensions of SPEC section 4
+//! that [`TailOptions`] names (`events=`, `seq=true`, `from=`), checks that the stream
 //! starts with `started`, and then decodes every message with
 //! [`herald_core::event::decode`], writing one readable line per event ([`event_line`],
 //! [`lagged_line`]), the raw JSON with [`TailOptions::json`], or one statistics line a second
@@ -13,7 +15,7 @@
 //! | 1 | cannot write the output |
 //! | 2 | usage: bad flag or URL |
 //! | 3 | cannot connect (refused, unreachable, timed out) |
-//! | 4 | the server refused the WebSocket upgrade (HTTP status and body printed) |
+//! | 4 | the server refused the WebSocket upgrade (HTTP status and body printed), or answered it wrongly |
 //! | 5 | protocol: the first message is not `started`, a message does not decode, a WebSocket error |
 //! | 6 | the server closed the stream (close code printed) or the connection dropped |
 
@@ -49,6 +51,12 @@ pub struct TailOptions {
     pub url: String,
     /// Only these event types (`?events=`); empty for all.
     pub events: Vec<EventKind>,
+    /// Ask for each event's sequence number (`?seq=true`); readable lines then end with
+    /// `seq=N`, the number to resume from with [`from`](Self::from) after `N`.
+    pub seq: bool,
+    /// Resume (`?from=N`): every still-retained event with sequence number `>= N` first,
+    /// then live events; what is no longer retained is reported as one `lagged` notice.
+    pub from: Option<u64>,
     /// Return after this many events (`started` and `lagged` not counted).
     pub count: Option<u64>,
     /// Write each message's JSON as received instead of a readable line.
@@ -62,6 +70,8 @@ impl Default for TailOptions {
         Self {
             url: DEFAULT_URL.to_owned(),
             events: Vec::new(),
+            seq: false,
+            from: None,
             count: None,
             json: false,
             stats: false,
@@ -343,13 +353,16 @@ pub struct Target {
     pub path_and_query: String,
 }
 
-/// Parses `url` (scheme `ws`, port 80 when absent) and appends `events=` when `events`
-/// names any type.
+/// Parses `opts.url` (scheme `ws`, port 80 when absent) and appends the query parameters
+/// `opts` asks for: `events=` when it names any type, `seq=true`, `from=N`.
 ///
 /// # Errors
 ///
-/// [`TailError::InvalidUrl`] for another scheme, no host, or a URL that does not parse.
-pub fn target(url: &str, events: &[EventKind]) -> Result<Target, TailError> {
+/// [`TailError::InvalidUrl`] for another scheme, no host, a URL that does not parse, or a
+/// URL whose query already has a parameter that an option would add (the server refuses a
+/// parameter given twice).
+pub fn target(opts: &TailOptions) -> Result<Target, TailError> {
+    let url = opts.url.as_str();
     let invalid = |reason: &str| TailError::InvalidUrl {
         url: url.to_owned(),
         reason: reason.to_owned(),
@@ -376,11 +389,37 @@ pub fn target(url: &str, events: &[EventKind]) -> Result<Target, TailError> {
     let mut path_and_query = uri
         .path_and_query()
         .map_or_else(|| "/".to_owned(), |pq| pq.as_str().to_owned());
-    if !events.is_empty() {
-        path_and_query.push(if uri.query().is_some() { '&' } else { '?' });
-        path_and_query.push_str("events=");
-        let names: Vec<&str> = events.iter().map(|k| k.as_str()).collect();
-        path_and_query.push_str(&names.join(","));
+    let in_url: Vec<&str> = uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .map(|pair| pair.split_once('=').map_or(pair, |(name, _)| name))
+        .collect();
+    let mut add = |name: &str, flag: &str, value: &str| {
+        if in_url.contains(&name) {
+            return Err(invalid(&format!(
+                "its query already has `{name}=`; give it there or with {flag}, not both"
+            )));
+        }
+        path_and_query.push(if path_and_query.contains('?') {
+            '&'
+        } else {
+            '?'
+        });
+        path_and_query.push_str(name);
+        path_and_query.push('=');
+        path_and_query.push_str(value);
+        Ok(())
+    };
+    if !opts.events.is_empty() {
+        let names: Vec<&str> = opts.events.iter().map(|k| k.as_str()).collect();
+        add("events", "--events", &names.join(","))?;
+    }
+    if opts.seq {
+        add("seq", "--seq", "true")?;
+    }
+    if let Some(from) = opts.from {
+        add("from", "--from", &from.to_string())?;
     }
     Ok(Target {
         addr,
@@ -402,6 +441,26 @@ where
 }
 
 type Ws = FragmentCollector<TokioIo<Upgraded>>;
+
+/// The `Sec-WebSocket-Accept` a server must answer the request key `key` with (RFC 6455
+/// section 4.2.2): base64 of the SHA-1 of the key followed by the protocol's GUID.
+///
+/// ```
+/// // The example of RFC 6455 section 1.3.
+/// assert_eq!(
+///     herald_ws::tail::accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+///     "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+/// );
+/// ```
+#[must_use]
+pub fn accept_key(key: &str) -> String {
+    use base64::Engine as _;
+    use sha1::Digest as _;
+    let mut sha1 = sha1::Sha1::new();
+    sha1.update(key.as_bytes());
+    sha1.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(sha1.finalize())
+}
 
 /// Connects and upgrades; returns the WebSocket.
 async fn connect(target: &Target) -> Result<Ws, TailError> {
@@ -433,16 +492,14 @@ async fn connect(target: &Target) -> Result<Ws, TailError> {
 
 async fn upgrade(tcp: TcpStream, target: &Target) -> Result<Ws, TailError> {
     let handshake = |e: &dyn fmt::Display| TailError::Handshake(e.to_string());
+    let key = fastwebsockets::handshake::generate_key();
     let request = Request::builder()
         .method("GET")
         .uri(target.path_and_query.as_str())
         .header(HOST, target.addr.as_str())
         .header(UPGRADE, "websocket")
         .header(CONNECTION, "upgrade")
-        .header(
-            "Sec-WebSocket-Key",
-            fastwebsockets::handshake::generate_key(),
-        )
+        .header("Sec-WebSocket-Key", key.as_str())
         .header("Sec-WebSocket-Version", "13")
         .body(Empty::<Bytes>::new())
         .map_err(|e| handshake(&e))?;
@@ -478,6 +535,27 @@ async fn upgrade(tcp: TcpStream, target: &Target) -> Result<Ws, TailError> {
         return Err(TailError::Handshake(
             "101 response without `Upgrade: websocket`".to_owned(),
         ));
+    }
+    // RFC 6455 4.1: a client must fail the connection unless the server proves that it
+    // read our key (so a cache or a non-WebSocket server that answers 101 is caught).
+    let accept = response
+        .headers()
+        .get("Sec-WebSocket-Accept")
+        .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned());
+    let expected = accept_key(&key);
+    match accept {
+        Some(accept) if accept == expected => {}
+        Some(accept) => {
+            return Err(TailError::Handshake(format!(
+                "101 response with a wrong Sec-WebSocket-Accept `{}` (expected `{expected}`)",
+                one_line(&accept)
+            )));
+        }
+        None => {
+            return Err(TailError::Handshake(
+                "101 response without Sec-WebSocket-Accept".to_owned(),
+            ));
+        }
     }
     let upgraded = hyper::upgrade::on(&mut response)
         .await
@@ -557,7 +635,7 @@ async fn read_frames(mut ws: Ws, tx: mpsc::Sender<Incoming>, mut stop: oneshot::
 ///
 /// A [`TailError`]; its [`exit_code`](TailError::exit_code) is what the binary exits with.
 pub async fn run(opts: &TailOptions, out: impl Write) -> Result<TailSummary, TailError> {
-    let target = target(&opts.url, &opts.events)?;
+    let target = target(opts)?;
     let ws = connect(&target).await?;
     let (tx, mut rx) = mpsc::channel(256);
     let (stop_tx, stop_rx) = oneshot::channel();
@@ -850,20 +928,28 @@ mod tests {
         );
     }
 
+    fn options(url: &str, events: &[EventKind]) -> TailOptions {
+        TailOptions {
+            url: url.to_owned(),
+            events: events.to_vec(),
+            ..TailOptions::default()
+        }
+    }
+
     #[test]
     fn target_parses_ws_urls() {
         assert_eq!(
-            target(DEFAULT_URL, &[]).unwrap(),
+            target(&options(DEFAULT_URL, &[])).unwrap(),
             Target {
                 addr: "127.0.0.1:40403".to_owned(),
                 path_and_query: "/ws/events".to_owned()
             }
         );
         assert_eq!(
-            target(
+            target(&options(
                 "ws://localhost/ws/events?seq=true",
                 &[EventKind::BlockAdded, EventKind::BlockFinalised]
-            )
+            ))
             .unwrap(),
             Target {
                 addr: "localhost:80".to_owned(),
@@ -871,12 +957,72 @@ mod tests {
             }
         );
         assert_eq!(
-            target("ws://[::1]:9/x", &[EventKind::NodeStarted]).unwrap(),
+            target(&options("ws://[::1]:9/x", &[EventKind::NodeStarted])).unwrap(),
             Target {
                 addr: "[::1]:9".to_owned(),
                 path_and_query: "/x?events=node-started".to_owned()
             }
         );
+    }
+
+    #[test]
+    fn target_adds_seq_and_from() {
+        let resume = TailOptions {
+            seq: true,
+            from: Some(1234),
+            ..options("ws://127.0.0.1:1/ws/events", &[EventKind::BlockAdded])
+        };
+        assert_eq!(
+            target(&resume).unwrap().path_and_query,
+            "/ws/events?events=block-added&seq=true&from=1234"
+        );
+        let from_only = TailOptions {
+            from: Some(0),
+            ..options("ws://127.0.0.1:1/ws/events?events=node-started", &[])
+        };
+        assert_eq!(
+            target(&from_only).unwrap().path_and_query,
+            "/ws/events?events=node-started&from=0"
+        );
+    }
+
+    #[test]
+    fn target_refuses_a_parameter_in_both_url_and_flag() {
+        for (url, opts, flag) in [
+            (
+                "ws://h:1/ws/events?events=block-added",
+                options("", &[EventKind::BlockAdded]),
+                "--events",
+            ),
+            (
+                "ws://h:1/ws/events?seq=true",
+                TailOptions {
+                    seq: true,
+                    ..TailOptions::default()
+                },
+                "--seq",
+            ),
+            (
+                "ws://h:1/ws/events?seq=true&from=7",
+                TailOptions {
+                    from: Some(7),
+                    ..TailOptions::default()
+                },
+                "--from",
+            ),
+        ] {
+            let opts = TailOptions {
+                url: url.to_owned(),
+                ..opts
+            };
+            let err = target(&opts).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{url}");
+            let message = err.to_string();
+            assert!(
+                message.ends_with(&format!("give it there or with {flag}, not both")),
+                "{message}"
+            );
+        }
     }
 
     #[test]
@@ -888,7 +1034,7 @@ mod tests {
             ("/ws/events", "no scheme"),
             ("ws://exa mple/", "expected ws://"),
         ] {
-            let err = target(url, &[]).unwrap_err();
+            let err = target(&options(url, &[])).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{url}");
             let message = err.to_string();
             assert!(
@@ -991,10 +1137,26 @@ mod tests {
         frame(0x1, payload)
     }
 
-    const UPGRADED: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
-        Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+    /// Where [`scripted`] puts the accept value for the client's key.
+    const ACCEPT: &str = "{accept}";
 
-    /// Serves one connection: reads the request head, writes `script`, then (unless
+    const UPGRADED: &[u8] = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+        Connection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n";
+
+    /// The request head's `Sec-WebSocket-Key`.
+    fn request_key(head: &[u8]) -> String {
+        let head = String::from_utf8_lossy(head);
+        head.lines()
+            .find_map(|line| {
+                let (name, value) = line.split_once(':')?;
+                name.eq_ignore_ascii_case("sec-websocket-key")
+                    .then(|| value.trim().to_owned())
+            })
+            .expect("a Sec-WebSocket-Key header")
+    }
+
+    /// Serves one connection: reads the request head, writes `script` (with the first
+    /// [`ACCEPT`] replaced by the right answer to the request's key), then (unless
     /// `hang_up`) reads until the client closes. Returns the URL to connect to.
     async fn scripted(script: Vec<u8>, hang_up: bool) -> String {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -1007,6 +1169,14 @@ mod tests {
                 let n = tcp.read(&mut buf).await.expect("read request");
                 assert!(n > 0, "client hung up before its request");
                 head.extend_from_slice(&buf[..n]);
+            }
+            let mut script = script;
+            if let Some(at) = script
+                .windows(ACCEPT.len())
+                .position(|w| w == ACCEPT.as_bytes())
+            {
+                let accept = accept_key(&request_key(&head));
+                script.splice(at..at + ACCEPT.len(), accept.into_bytes());
             }
             tcp.write_all(&script).await.expect("write script");
             if !hang_up {
@@ -1243,6 +1413,52 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_upgrade_with_a_wrong_or_no_accept_is_refused() {
+        let wrong = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n";
+        let mut script = wrong.to_vec();
+        script.extend_from_slice(&text(&started_message()));
+        let (result, out) = tail_scripted(script, false, None).await;
+        let err = result.expect_err("wrong accept");
+        assert_eq!(err.exit_code(), 4);
+        let message = err.to_string();
+        assert!(
+            message.starts_with(
+                "WebSocket upgrade failed: 101 response with a wrong Sec-WebSocket-Accept \
+                 `s3pPLMBiTxaQ9kYGzzhZRbK+xOo=` (expected `"
+            ),
+            "{message}"
+        );
+        assert_eq!(out, "", "nothing is printed before the upgrade is proven");
+
+        let missing = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\
+            Connection: Upgrade\r\n\r\n";
+        let (result, _) = tail_scripted(missing.to_vec(), false, None).await;
+        let err = result.expect_err("no accept");
+        assert_eq!(err.exit_code(), 4);
+        assert_eq!(
+            err.to_string(),
+            "WebSocket upgrade failed: 101 response without Sec-WebSocket-Accept"
+        );
+    }
+
+    #[test]
+    fn accept_key_answers_the_key() {
+        // RFC 6455 section 1.3's example, and a key of our own generator.
+        assert_eq!(
+            accept_key("dGhlIHNhbXBsZSBub25jZQ=="),
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
+        );
+        let key = fastwebsockets::handshake::generate_key();
+        let accept = accept_key(&key);
+        assert_eq!(accept.len(), 28, "base64 of 20 bytes");
+        assert_ne!(
+            accept,
+            accept_key(&fastwebsockets::handshake::generate_key())
+        );
+    }
+
+    #[tokio::test]
     async fn the_request_is_a_websocket_upgrade_with_the_filter() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -1263,6 +1479,8 @@ mod tests {
         let options = TailOptions {
             url: format!("ws://{addr}/ws/events"),
             events: vec![EventKind::BlockAdded, EventKind::TransfersAvailable],
+            seq: true,
+            from: Some(42),
             ..TailOptions::default()
         };
         let err = run(&options, Vec::new()).await.expect_err("404");
@@ -1272,7 +1490,9 @@ mod tests {
         );
         let head = server.await.expect("server").to_ascii_lowercase();
         assert!(
-            head.starts_with("get /ws/events?events=block-added,transfers-available http/1.1\r\n"),
+            head.starts_with(
+                "get /ws/events?events=block-added,transfers-available&seq=true&from=42 http/1.1\r\n"
+            ),
             "{head}"
         );
         for header in [

@@ -309,6 +309,96 @@ fn tail_prints_readable_lines_and_filters() {
     assert_eq!(numbers[2], numbers[0] + 2);
 }
 
+/// The sequence numbers of `--json --seq` output lines (after `started`), and whether a
+/// `lagged` line came first: `(missed, resume_seq)`.
+fn seqs_of(lines: &[&str]) -> (Option<(u64, u64)>, Vec<u64>) {
+    let mut lagged = None;
+    let mut seqs = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        match decode_line(line) {
+            ServerMessage::Event { seq: Some(seq), .. } => seqs.push(seq),
+            ServerMessage::Lagged { missed, resume_seq } if i == 0 => {
+                lagged = Some((missed, resume_seq));
+            }
+            other => panic!("line {i}: {other:?} in\n{}", lines.join("\n")),
+        }
+    }
+    (lagged, seqs)
+}
+
+#[test]
+fn tail_seq_and_from_resume_where_a_tail_stopped() {
+    let server = serve(&["--rate", "200", "--capacity", "64"]);
+    let out = herald(&["tail", &server.url, "--seq", "--count", "10", "--json"]);
+    assert!(out.status.success(), "{:?}: {}", out.status, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(decode_line(lines[0]), ServerMessage::Started);
+    let (lagged, seqs) = seqs_of(&lines[1..]);
+    assert_eq!(lagged, None);
+    assert_eq!(seqs.len(), 10, "{}", out.stdout);
+    // The startup replay is 0, 1, 2; live events follow from the join point, in order.
+    assert_eq!(seqs[..3], [0, 1, 2]);
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    for w in seqs[3..].windows(2) {
+        assert_eq!(w[1], w[0] + 1, "live events are consecutive: {seqs:?}");
+    }
+
+    // Resume right after the last one seen: nothing missed, nothing twice.
+    let next = seqs[9] + 1;
+    let out = herald(&[
+        "tail",
+        &server.url,
+        "--seq",
+        "--from",
+        &next.to_string(),
+        "--count",
+        "80",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{:?}: {}", out.status, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(decode_line(lines[0]), ServerMessage::Started);
+    let (lagged, seqs) = seqs_of(&lines[1..]);
+    assert_eq!(lagged, None, "still retained: {}", out.stdout);
+    assert_eq!(seqs, (next..next + 80).collect::<Vec<_>>());
+
+    // From the first live event, long after it was lapped (64 retained, more than 80
+    // published since): one `lagged` line with the exact gap, then consecutive events.
+    let out = herald(&[
+        "tail",
+        &server.url,
+        "--seq",
+        "--from",
+        "3",
+        "--count",
+        "5",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{:?}: {}", out.status, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    let (lagged, seqs) = seqs_of(&lines[1..]);
+    let Some((missed, resume_seq)) = lagged else {
+        panic!("expected a lagged line first: {}", out.stdout)
+    };
+    assert_eq!(3 + missed, resume_seq, "{}", out.stdout);
+    assert_eq!(seqs, (resume_seq..resume_seq + 5).collect::<Vec<_>>());
+
+    // Readable lines end with the sequence number to resume after.
+    let out = herald(&["tail", &server.url, "--seq", "--from", "0", "--count", "3"]);
+    assert!(out.status.success(), "{:?}: {}", out.status, out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        lines[0],
+        format!(
+            "started schema-version=1 url={}?seq=true&from=0",
+            server.url
+        )
+    );
+    for (i, line) in lines[1..].iter().enumerate() {
+        assert!(line.ends_with(&format!(" seq={i}")), "{line}");
+    }
+}
+
 #[test]
 fn tail_stats_reports_each_second_and_a_total() {
     // 3 replayed events, then 57 live ones at 50/s: more than a second of stream.
@@ -414,6 +504,8 @@ fn bad_flags_exit_2_with_a_message() {
         ),
         (&["tail", "--json", "--stats"][..], "cannot be used with"),
         (&["tail", "--count", "many"][..], "--count"),
+        (&["tail", "--from", "-1"][..], "unexpected argument '-1'"),
+        (&["tail", "--from", "soon"][..], "--from"),
         (&["frobnicate"][..], "unrecognized subcommand"),
         (&[][..], "Usage"),
     ] {
