@@ -48,6 +48,10 @@
 //! stamp `== c` is its value; stamp `< c` (or null) means `c` is not written yet; stamp
 //! `> c` means `c` was overwritten, and it skips to `tail - capacity`, the oldest value that
 //! can still be in the ring, reporting `Lagged { missed }` for exactly the skipped range.
+//! While publishers keep going, that oldest value is the next one overwritten, so a
+//! subscriber can be lapped again before it reads it and get a second `Lagged` at once;
+//! every report is exact, and a consumer that tells a person (the WebSocket server) sums
+//! back-to-back reports into one.
 //!
 //! **The startup segment.** A publisher whose claim saw the segment open, and whose
 //! sequence number is below `startup_capacity`, also stores a clone of its `Arc` into
