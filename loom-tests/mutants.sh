@@ -26,6 +26,9 @@ MUTANTS=(
     eager_free
     # A subscriber that sees CLOSED returns Closed without draining what is left (m5).
     close_no_drain
+    # A batched read (`try_recv_each`) that meets a lag moves on without reporting it: the
+    # skipped values go missing without a `Lagged` (m1, batched model).
+    fill_forgets_lag
 )
 
 unset RUSTC_WORKSPACE_WRAPPER

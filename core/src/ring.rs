@@ -921,6 +921,9 @@ impl Position {
                     n += 1;
                 }
                 Err(TryRecvError::Lagged { missed, .. }) => {
+                    // Deliberate bug for loom-tests/mutants.sh: forgets a lag met mid-batch.
+                    #[cfg(herald_mutant = "fill_forgets_lag")]
+                    let missed = missed - missed;
                     // `cursor` already moved to the resume point; `next` reports it.
                     self.pending_missed += missed;
                     break;

@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use herald_loom_tests::{Payload, RingConfig, Step, Transcript, check, ring};
+use herald_loom_tests::{DropLog, Payload, RingConfig, Step, Transcript, check, ring};
 use loom::thread;
 
 const EVENTS: u64 = 3;
@@ -52,5 +52,68 @@ fn in_order_or_exact_lag() {
     assert!(
         ALL_SEEN.load(Ordering::Relaxed),
         "no execution read everything"
+    );
+}
+
+/// Set when some execution lent two values in one `try_recv_each` call.
+static BATCH_SEEN: AtomicBool = AtomicBool::new(false);
+/// Set when some batched execution reported a lag.
+static BATCH_LAG_SEEN: AtomicBool = AtomicBool::new(false);
+
+/// The same race for the batched borrowing read the WebSocket server uses:
+/// `try_recv_each(2, ..)` lends up to two values per call, each read while the call's
+/// epoch guard is pinned, while the producer publishes and laps the reader. The values
+/// lent are whole and not yet dropped (their payload is read inside the closure and its
+/// drop is logged), in order, none twice, and every gap is one exact `Lagged`.
+#[test]
+fn in_order_or_exact_lag_batched() {
+    check("in_order_or_exact_lag_batched", || {
+        let publisher = ring::<Payload>(RingConfig {
+            capacity: 2,
+            startup_capacity: 0,
+        });
+        let log = DropLog::new(EVENTS as usize);
+        let mut sub = publisher.subscribe();
+        let reader = thread::spawn(move || {
+            let mut t = Transcript::default();
+            let mut most = 0;
+            // Bounded: two batched reads race the three publishes.
+            for _ in 0..2 {
+                match sub.try_recv_each(2, |entry| t.value(entry)) {
+                    Ok(n) => {
+                        assert!((1..=2).contains(&n), "lent {n} values");
+                        most = most.max(n);
+                    }
+                    Err(e) => {
+                        let step = t.record(Err(e));
+                        assert_ne!(step, Step::Closed, "closed while the publisher is alive");
+                    }
+                }
+            }
+            (sub, t, most)
+        });
+        for i in 0..EVENTS {
+            let payload = Payload::logged(LABEL + i, &log, i as usize);
+            assert_eq!(publisher.publish(payload), i);
+        }
+        let (mut sub, mut t, most) = reader.join().unwrap();
+        drop(publisher);
+        t.drain(&mut sub, Step::Closed, 2 * EVENTS as usize);
+        let (received, missed) = t.verify(0, EVENTS, |seq| LABEL + seq);
+        assert_eq!(received + missed, EVENTS);
+        if most == 2 {
+            BATCH_SEEN.store(true, Ordering::Relaxed);
+        }
+        if missed > 0 {
+            BATCH_LAG_SEEN.store(true, Ordering::Relaxed);
+        }
+    });
+    assert!(
+        BATCH_SEEN.load(Ordering::Relaxed),
+        "no execution lent two values in one call"
+    );
+    assert!(
+        BATCH_LAG_SEEN.load(Ordering::Relaxed),
+        "no batched execution lagged"
     );
 }
