@@ -144,6 +144,20 @@ impl Bus {
         }
     }
 
+    /// Another handle of the same bus that does not call the hook: its publishes skip it,
+    /// and it does not keep the hook alive. It keeps the bus open like any handle.
+    ///
+    /// For the hook's own consumer (the transfer extractor), which publishes into the bus
+    /// it is fed from: holding this instead of a clone, it does not keep its own hook (and
+    /// the channel the hook feeds) alive, so that channel closes when the node drops its
+    /// last handle.
+    pub(crate) fn without_hook(&self) -> Bus {
+        Self {
+            publisher: self.publisher.clone(),
+            hook: None,
+        }
+    }
+
     /// Publishes `event` from any thread and returns its sequence number. Lock-free; never
     /// waits for a subscriber.
     #[inline]

@@ -42,8 +42,9 @@
 //! Publishers on several threads may reach the hook in a different order than their
 //! sequence numbers (a publish claims its number, then calls the hook). The extractor
 //! therefore holds each block in a small reorder buffer, sorted by sequence number, until
-//! it knows no earlier block can still arrive: when the number of hook calls equals the
-//! number of events published, every publish up to that point has finished its hook call.
+//! it knows no earlier block can still arrive: when the number of hook calls, plus the
+//! extractor's own publishes (which do not pass through the hook), equals the number of
+//! events published, every publish up to that point has finished its hook call.
 //! If publishing never pauses that long, a block waits at most
 //! [`ExtractorConfig::reorder_grace`]; a block that then arrives after a later one was
 //! started is still extracted, right away, and counted in
@@ -76,13 +77,15 @@
 //!
 //! # Lifecycle
 //!
-//! [`Extractor::spawn`] runs the extractor as one Tokio task, which holds a handle of the
-//! bus so that it can publish. When every other handle of the bus is dropped (the node
-//! shuts down), the task notices within [`CLOSE_CHECK`], finishes the blocks it accepted,
-//! publishes their transfers and drops its handle, which closes the bus: subscribers then
-//! drain and see `Closed`. Aborting the task stops it at once (requests in flight are
-//! dropped, and blocks finalised afterwards are counted in
-//! [`ExtractorCounters::dropped_stopped`]).
+//! [`Extractor::spawn`] runs the extractor as one Tokio task. The hook (which owns the
+//! sending end of the task's channel) is held only by the node's bus handles; the task
+//! publishes through a handle of the same bus that does not carry the hook. So when the
+//! node drops its last handle (it shuts down), the hook and the channel's sender go with
+//! it, and the task learns at once, from its channel closing: it waits on no timer while
+//! idle. It then finishes the blocks it accepted, publishes their transfers and drops its
+//! handle, which closes the bus: subscribers drain and see `Closed`. Aborting the task
+//! stops it at once (requests in flight are dropped, and blocks finalised afterwards are
+//! counted in [`ExtractorCounters::dropped_stopped`]).
 //!
 //! # Example
 //!
@@ -133,21 +136,18 @@ use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::future::{Future, poll_fn};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering, fence};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use tokio::sync::mpsc::error::TryRecvError;
 use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::bus::{Bus, BusConfig, BusEntry, PublishHook};
 use crate::event::{BlockInfo, DeployInfo, DeployTransfers, Event, Transfer, TransfersInfo};
-
-/// How often an idle extractor checks whether it holds the bus's last handle (see the
-/// module docs, "Lifecycle").
-pub const CLOSE_CHECK: Duration = Duration::from_millis(25);
 
 /// How soon a block held back for order is looked at again (a publish in flight finishes
 /// in microseconds; this is the timer's resolution).
@@ -410,7 +410,8 @@ impl Finalised {
 /// State shared by the hook and the extractor's task.
 struct Shared {
     stats: Arc<ExtractorStats>,
-    /// Hook calls finished, one per event published on the bus (see "In finalisation
+    /// Hook calls finished, one per event the node published on the bus (the extractor's
+    /// own publishes skip the hook and are counted by its task; see "In finalisation
     /// order").
     observed: AtomicU64,
     queue_capacity: u64,
@@ -480,8 +481,8 @@ impl PublishHook for Hook {
 /// [`node_bus`]; does nothing until [`spawn`](Self::spawn)ed (blocks finalised meanwhile
 /// wait in the queue).
 pub struct Extractor {
+    /// A handle without the hook (see "Lifecycle").
     bus: Bus,
-    hook: Weak<Hook>,
     rx: UnboundedReceiver<Finalised>,
     shared: Arc<Shared>,
     config: ExtractorConfig,
@@ -499,7 +500,8 @@ impl fmt::Debug for Extractor {
 
 impl Extractor {
     /// A new bus whose publish hook feeds a new extractor. The bus is built here so that
-    /// the extractor knows every handle of it (see "Lifecycle").
+    /// the hook lives exactly as long as the node's handles of it: the extractor keeps a
+    /// handle without the hook (see "Lifecycle").
     pub fn new(
         bus_config: BusConfig,
         config: ExtractorConfig,
@@ -516,11 +518,9 @@ impl Extractor {
             tx,
             shared: Arc::clone(&shared),
         });
-        let weak = Arc::downgrade(&hook);
         let bus = Bus::with_hook(bus_config, hook);
         let extractor = Extractor {
-            bus: bus.clone(),
-            hook: weak,
+            bus: bus.without_hook(),
             rx,
             shared,
             config,
@@ -539,8 +539,9 @@ impl Extractor {
         &self.config
     }
 
-    /// Runs the extractor as a Tokio task until the bus's other handles are all dropped
-    /// (then it finishes what it accepted and closes the bus) or the task is aborted.
+    /// Runs the extractor as a Tokio task until the node's handles of the bus are all
+    /// dropped (then it finishes what it accepted and closes the bus) or the task is
+    /// aborted.
     ///
     /// # Panics
     ///
@@ -628,8 +629,9 @@ impl Cache {
 
 /// The extractor's task state.
 struct Task {
+    /// The extractor's handle of the bus, without the hook: its publishes are counted in
+    /// `own_published`, not in `Shared::observed`.
     bus: Bus,
-    hook: Weak<Hook>,
     rx: UnboundedReceiver<Finalised>,
     shared: Arc<Shared>,
     config: ExtractorConfig,
@@ -644,7 +646,10 @@ struct Task {
     settled_below: u64,
     /// Largest sequence number started.
     last_started: Option<u64>,
-    /// The bus's other handles are gone: finish what is accepted, then end.
+    /// Events this task published (they do not pass through the hook).
+    own_published: u64,
+    /// The node's handles of the bus are gone (the channel closed): finish what is
+    /// accepted, then end.
     closing: bool,
 }
 
@@ -652,7 +657,6 @@ impl Task {
     fn new(extractor: Extractor) -> Self {
         let Extractor {
             bus,
-            hook,
             rx,
             shared,
             config,
@@ -660,7 +664,6 @@ impl Task {
         } = extractor;
         Self {
             bus,
-            hook,
             rx,
             shared,
             cache: Cache::new(config.cache_capacity),
@@ -670,6 +673,7 @@ impl Task {
             window: VecDeque::new(),
             settled_below: 0,
             last_started: None,
+            own_published: 0,
             closing: false,
         }
     }
@@ -694,10 +698,11 @@ impl Task {
                 () = poll_fn(|cx| poll_window(window, cx)) => {}
                 received = rx.recv(), if !closing => match received {
                     Some(block) => self.insert(block),
-                    // Every sender is gone, so no block can come: finish and end.
+                    // The hook, and with it the only sender, went with the node's last bus
+                    // handle, so no block can come: finish and end.
                     None => self.closing = true,
                 },
-                () = tokio::time::sleep_until(wake_at) => {}
+                () = sleep_until(wake_at) => {}
             }
             self.publish_ready();
         }
@@ -712,26 +717,36 @@ impl Task {
     /// Moves every pushed block into the reorder buffer and learns which sequence numbers
     /// are settled.
     fn intake(&mut self) {
-        if !self.closing && self.hook.strong_count() == 1 {
-            // Only our own bus handle is left, and nobody can clone it: no block can come
-            // but those already pushed.
-            // Acquire: pairs with the Release decrement of the hook's strong count by each
-            // dropped `Bus` handle (`Arc`'s drop), so the pushes made by its publishes are
-            // visible to the drain below.
-            fence(Ordering::Acquire);
-            self.closing = true;
-        }
         // Acquire: pairs with the Release fetch_add at the end of `Hook::on_publish`: every
         // hook call counted here has pushed its block, and the drain below sees it.
         let observed = self.shared.observed.load(Ordering::Acquire);
         let published = self.bus.stats().published;
-        while let Ok(block) = self.rx.try_recv() {
-            self.insert(block);
+        loop {
+            match self.rx.try_recv() {
+                Ok(block) => self.insert(block),
+                Err(TryRecvError::Empty) => break,
+                // Every sender is gone and every block it sent is drained (as the `None`
+                // of `recv` in `run`).
+                Err(TryRecvError::Disconnected) => {
+                    self.closing = true;
+                    break;
+                }
+            }
         }
-        // Each counted hook call belongs to a publish that claimed its sequence number
-        // before the count was read, hence below `published`: equal counts mean every
-        // publish below `published` has finished its hook call.
-        if observed == published {
+        // Every event on the bus is published either by the node, through the hook, which
+        // counts it in `observed` once its block is pushed, or by this task, which counts
+        // it in `own_published` after its publish returned (in `publish_ready`, which never
+        // runs concurrently with this). Each event counted in either is a publish that
+        // claimed its sequence number before `published` was read (a hook call's claim
+        // happens before its Release increment, which the Acquire load above synchronises
+        // with; our own claims are earlier in this task's program order), hence below
+        // `published`, and no publish is counted twice. So the sum never exceeds
+        // `published`, and equality means every publish below `published` is counted:
+        // every hook call among them has finished and pushed its block. A hook call still
+        // running when we look (racing with our own publish or not) is not in `observed`,
+        // so the counts cannot be equal too early; and once every hook call has finished,
+        // they are equal, since our own publishes are all counted.
+        if observed + self.own_published == published {
             self.settled_below = self.settled_below.max(published);
         }
     }
@@ -817,6 +832,8 @@ impl Task {
                         block_number: info.block_number,
                         deploys: report.as_ref().clone(),
                     }));
+                    // Not through the hook: counted here instead (see `intake`).
+                    self.own_published += 1;
                     self.cache.insert(&info.block_hash, report);
                 }
                 Err(Failure { attempts, error }) => {
@@ -841,21 +858,24 @@ impl Task {
             .store(self.window.len() as u64, Ordering::Relaxed);
     }
 
-    /// When to look again if nothing else wakes the task.
-    fn next_wake(&self) -> Instant {
-        let now = Instant::now();
-        let held = if self.window.len() < self.config.concurrency {
-            self.reorder.values().next()
-        } else {
-            None
-        };
-        match held {
-            // Held back for order: look again soon, release at the grace deadline.
-            Some(first) => (now + CLOSE_CHECK)
-                .min(first.since + self.config.reorder_grace)
-                .min(now + REORDER_TICK),
-            None => now + CLOSE_CHECK,
+    /// When to look again if nothing else wakes the task: only while a block is held back
+    /// for order; otherwise never (a block, the channel closing or a report wakes it).
+    fn next_wake(&self) -> Option<Instant> {
+        if self.window.len() >= self.config.concurrency {
+            // The window's reports wake the task when it has room again.
+            return None;
         }
+        // Held back for order: look again soon, release at the grace deadline.
+        let first = self.reorder.values().next()?;
+        Some((first.since + self.config.reorder_grace).min(Instant::now() + REORDER_TICK))
+    }
+}
+
+/// Sleeps until `at`; with no deadline, never ends and sets no timer.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

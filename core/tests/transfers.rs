@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use herald_core::bus::{Bus, BusConfig, BusEntry, BusSubscriber};
 use herald_core::event::{BlockInfo, DeployInfo, DeployTransfers, Event, EventKind, TransfersInfo};
-use herald_core::ring::RecvError;
+use herald_core::ring::{RecvError, TryRecvError};
 use herald_core::transfers::{
     BlockReportSource, Extractor, ExtractorConfig, ExtractorCounters, ExtractorStats, NodeRole,
     ReportError, ReportFuture, SimulatedSource, node_bus,
@@ -764,4 +764,95 @@ async fn a_stopped_extractor_counts_what_it_no_longer_takes() {
     join(extractor.spawn()).await;
     let (entries, missed) = drain(&mut sub).await;
     assert_eq!((entries.len(), missed), (0, 0));
+}
+
+// ---------------------------------------------------------------------------------------------
+// On a paused clock: tokio's virtual time moves only when every task waits and a timer is
+// pending, and then straight to that timer. A close that needed a timer to be noticed
+// would show up as virtual time passing.
+// ---------------------------------------------------------------------------------------------
+
+/// The next entry of `sub`, within [`DEADLINE`] (virtual time on a paused clock).
+async fn next_entry(sub: &mut BusSubscriber) -> Arc<BusEntry> {
+    match tokio::time::timeout(DEADLINE, sub.recv()).await {
+        Ok(Ok(entry)) => entry,
+        other => panic!("no entry: {other:?}"),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_node_dropping_its_bus_ends_an_idle_extractor_at_once() {
+    let source = Arc::new(TestSource::default());
+    let (bus, stats, task, mut sub) = read_only(256, config(4), source.clone());
+    let start = Instant::now();
+    // One block at a time: each block's order is settled by the counts alone, which must
+    // include the extractor's own earlier `transfers-available` publishes. Had they been
+    // left out, block 1 would wait out the 10 s `reorder_grace`, and the clock would move.
+    for n in 0..3 {
+        bus.publish(Event::BlockFinalised(block(n)));
+        let added = next_entry(&mut sub).await;
+        assert_eq!(finalised(&[added]), vec![n]);
+        let extracted = next_entry(&mut sub).await;
+        assert_eq!(transfers(&[extracted]), vec![expected(n)]);
+    }
+    assert_eq!(Instant::now(), start, "a block waited on a timer");
+
+    // Idle for an hour (and 7 ms, off any 25 ms grid): the bus stays open, nothing comes.
+    tokio::time::sleep(Duration::from_millis(3_600_007)).await;
+    assert!(matches!(sub.try_recv(), Err(TryRecvError::Empty)));
+    assert!(!task.is_finished());
+    assert_eq!(stats.snapshot(), clean(3, 3));
+
+    // The node shuts down: the extractor learns it from its channel closing, not from a
+    // timer, so subscribers see `Closed` with no virtual time passing.
+    let dropped_at = Instant::now();
+    drop(bus);
+    let (entries, missed) = drain(&mut sub).await;
+    join(task).await;
+    assert_eq!(Instant::now(), dropped_at, "the close waited on a timer");
+    assert_eq!((entries.len(), missed), (0, 0));
+    assert_eq!(stats.snapshot(), clean(3, 3));
+    assert_eq!(source.calls.lock().unwrap().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn blocks_in_flight_at_the_drop_are_published_and_then_the_bus_closes_at_once() {
+    // Reports take 15, 5 and 10 ms (virtual): they complete out of order, all before the
+    // 25 ms the extractor used to poll at.
+    let source = Arc::new(TestSource {
+        delay: HashMap::from([
+            (0, Duration::from_millis(15)),
+            (1, Duration::from_millis(5)),
+            (2, Duration::from_millis(10)),
+        ]),
+        ..TestSource::default()
+    });
+    let (bus, stats, task, mut sub) = read_only(256, config(4), source.clone());
+    let start = Instant::now();
+    for n in 0..3 {
+        bus.publish(Event::BlockFinalised(block(n)));
+    }
+    // Wait, on no timer of our own, until the extractor has started all three.
+    for _ in 0..1_000 {
+        if source.active.load(Ordering::SeqCst) == 3 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(source.active.load(Ordering::SeqCst), 3);
+    assert_eq!(Instant::now(), start);
+    drop(bus);
+    let (entries, missed) = drain(&mut sub).await;
+    join(task).await;
+
+    // Closed the moment the last report (15 ms) was in and published, not later.
+    assert_eq!(Instant::now() - start, Duration::from_millis(15));
+    assert_eq!(source.completed(), vec![1, 2, 0]);
+    assert_eq!(missed, 0);
+    assert_eq!(finalised(&entries), vec![0, 1, 2]);
+    assert_eq!(
+        transfers(&entries),
+        (0..3).map(expected).collect::<Vec<_>>()
+    );
+    assert_eq!(stats.snapshot(), clean(3, 3));
 }
