@@ -29,6 +29,9 @@ MUTANTS=(
     # A batched read (`try_recv_each`) that meets a lag moves on without reporting it: the
     # skipped values go missing without a `Lagged` (m1, batched model).
     fill_forgets_lag
+    # Giving up an entry's count is Relaxed: the owner that frees it does not see the other
+    # owners' reads of it happen first (m1, m2, m6: the payload's drop writes its body).
+    relaxed_release
 )
 
 unset RUSTC_WORKSPACE_WRAPPER

@@ -4,10 +4,10 @@
 //! once and shared as an `Arc<Event>`. What each side allocates per publish:
 //!
 //! * **herald** (`herald_core::ring::ring::<Arc<Event>>`): `publish(event.clone())` bumps the
-//!   event's reference count and allocates one ring entry (`Arc<Entry>`: strong and weak
-//!   counts, the sequence number and the `Arc<Event>` pointer, 32 bytes). The entry it
-//!   replaces in the slot is retired to crossbeam-epoch and freed later, on the publishing
-//!   thread, which is counted in the measured time.
+//!   event's reference count and allocates one ring entry (its owner count, the sequence
+//!   number and the `Arc<Event>` pointer, 24 bytes). The entry it replaces in the slot is
+//!   retired to crossbeam-epoch and freed later, on the publishing thread, which is counted
+//!   in the measured time.
 //! * **tokio** (`broadcast::channel::<Arc<Event>>`): `send(event.clone())` bumps the same
 //!   reference count; tokio's slots are allocated up front, so it allocates nothing per
 //!   send. It drops the value it overwrites (a reference-count decrement) inside `send`.
@@ -28,8 +28,8 @@
 //!   `recv()` once per event on both sides. `fanout/herald_many/{subs}` is herald with
 //!   `recv_many(.., 64)`, the batched receive the WebSocket server uses (tokio's broadcast
 //!   has no batched receive). `fanout/herald_with/{subs}` and `fanout/herald_each/{subs}`
-//!   are the borrowing receives (`recv_with` per event, `recv_each(64, ..)` per batch): the subscriber reads the shared entry in place and takes no
-//!   reference count, so subscribers write nothing to lines the others read. tokio's
+//!   are the borrowing receives (`recv_with` per event, `recv_each(64, ..)` per batch):
+//!   the subscriber reads the shared entry in place and takes no reference count, so subscribers write nothing to lines the others read. tokio's
 //!   broadcast has no borrowing receive: its `recv()` must clone the value.
 //! * `spsc/{herald,tokio}`: one producer thread, one consumer thread (blocking receive),
 //!   lossless: the producer stays at most [`SPSC_WINDOW`] events ahead of the consumer.
@@ -312,10 +312,10 @@ fn fanout(c: &mut Criterion) {
 /// How herald's fan-out subscribers receive.
 #[derive(Clone, Copy)]
 enum Receive {
-    /// `recv()` per event: an `Arc<Entry>` each (a shared reference count bumped and
+    /// `recv()` per event: an `EntryRef` each (a shared reference count bumped and
     /// dropped per delivery), as tokio's `recv()` clones the `Arc<Event>`.
     Recv,
-    /// `recv_many(.., n)`: up to `n` `Arc<Entry>`s per call, one epoch pin per batch.
+    /// `recv_many(.., n)`: up to `n` `EntryRef`s per call, one epoch pin per batch.
     Many(usize),
     /// `ready()` then `try_recv_with`: one event per call, borrowed (no reference count).
     With,
@@ -620,9 +620,13 @@ fn mpsc(c: &mut Criterion) {
 /// * `floor/payload_clone_drop`: cloning and dropping the `Arc<Event>` payload, which
 ///   every publish of both implementations does (clone on the way in, drop when the value
 ///   is overwritten).
-/// * `floor/entry_alloc_free`: allocating a 32-byte `Arc` holding the payload clone into
-///   a 4096-slot array and dropping the one it replaces (allocated 4096 iterations
-///   earlier): herald's entry lifecycle without the ring and without epochs.
+/// * `floor/entry_alloc_free`: allocating a 24-byte entry as herald's (one owner count, a
+///   sequence number, the payload clone) into a 4096-slot array and freeing the one it
+///   replaces (allocated 4096 iterations earlier) as herald frees an entry nobody else
+///   holds (one load of the count, no read-modify-write): herald's entry lifecycle
+///   without the ring and without epochs.
+/// * `floor/arc_alloc_free`: the same with a 32-byte `Arc` (strong and weak counts), what
+///   herald's entries were before 2026-11-27: dropping one costs two locked decrements.
 fn floor(c: &mut Criterion) {
     use std::sync::atomic::AtomicPtr;
     let event = payload();
@@ -652,7 +656,35 @@ fn floor(c: &mut Criterion) {
         b.iter(|| drop(black_box(black_box(&event).clone())))
     });
     group.bench_function("entry_alloc_free", |b| {
-        /// Stand-in for herald's `Entry`: a sequence number and the payload, in an `Arc`.
+        /// Stand-in for herald's `Entry`: an owner count, a sequence number, the payload.
+        struct FakeEntry {
+            refs: AtomicU64,
+            _seq: u64,
+            _value: Arc<Event>,
+        }
+        /// As herald's `Entry::release` for an entry whose only owner is the caller.
+        fn release(entry: Box<FakeEntry>) {
+            // Acquire: as herald's (nothing else owns these; the load is the cost).
+            assert_eq!(entry.refs.load(Ordering::Acquire), 1);
+            drop(entry);
+        }
+        let mut entries: Vec<Option<Box<FakeEntry>>> =
+            (0..PUBLISH_CAPACITY).map(|_| None).collect();
+        let mut i = 0u64;
+        b.iter(|| {
+            i += 1;
+            let entry = Box::new(FakeEntry {
+                refs: AtomicU64::new(1),
+                _seq: i,
+                _value: black_box(&event).clone(),
+            });
+            if let Some(old) = entries[(i & mask) as usize].replace(black_box(entry)) {
+                release(old);
+            }
+        })
+    });
+    group.bench_function("arc_alloc_free", |b| {
+        /// herald's earlier `Entry`: a sequence number and the payload, in an `Arc`.
         type FakeEntry = Arc<(u64, Arc<Event>)>;
         let mut entries: Vec<Option<FakeEntry>> = vec![None; PUBLISH_CAPACITY];
         let mut i = 0u64;

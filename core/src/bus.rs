@@ -26,7 +26,7 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 
 use crate::event::{Event, EventKind};
-use crate::ring::{self, Entry, Publisher, RingConfig, Subscriber, Tap};
+use crate::ring::{self, Entry, EntryRef, Publisher, RingConfig, Subscriber, Tap};
 
 /// Sizes of a bus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +69,10 @@ impl Published {
 /// What subscribers receive: one shared allocation per event, whatever their number.
 pub type BusEntry = Entry<Published>;
 
+/// An owned reference to a [`BusEntry`] (what `try_recv` and `recv` hand out, and what a
+/// [`PublishHook`] may keep).
+pub type BusEntryRef = EntryRef<Published>;
+
 impl Entry<Published> {
     /// The event.
     pub fn event(&self) -> &Event {
@@ -102,7 +106,7 @@ pub type BusSubscriber = Subscriber<Published>;
 /// is visible to subscribers. Must not block: it runs on the node's publish path.
 pub trait PublishHook: Send + Sync + 'static {
     /// Sees one published event.
-    fn on_publish(&self, entry: &Arc<BusEntry>);
+    fn on_publish(&self, entry: &BusEntryRef);
 }
 
 /// The event bus. Cloning it is cheap; every clone publishes into the same ring, and the

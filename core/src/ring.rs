@@ -37,35 +37,35 @@
 //! subscribers that join afterwards.
 //!
 //! **Slots and stamps.** The ring has `capacity` (a power of two) slots; value `s` goes to
-//! slot `s & mask`. A slot is one `AtomicPtr` to an [`Entry`], an `Arc` allocation that
-//! carries the value *and its sequence number*, so the pointer and its stamp change in one
-//! atomic step and a reader can never see a torn pair. A publisher installs its entry with
-//! a `swap` and owns what comes out: normally the previous lap, which it retires. If a
-//! publisher that claimed `s` is so slow that `s + capacity` was installed first, the swap
-//! hands it that newer entry, and it swaps it back (repeating until what comes out is
-//! older than what went in), so the newest entry always ends up in the slot and `s` is
-//! counted as missed by readers that needed it. A reader at cursor `c` loads the slot:
-//! stamp `== c` is its value; stamp `< c` (or null) means `c` is not written yet; stamp
-//! `> c` means `c` was overwritten, and it skips to `tail - capacity`, the oldest value that
-//! can still be in the ring, reporting `Lagged { missed }` for exactly the skipped range.
-//! While publishers keep going, that oldest value is the next one overwritten, so a
-//! subscriber can be lapped again before it reads it and get a second `Lagged` at once;
-//! every report is exact, and a consumer that tells a person (the WebSocket server) sums
-//! back-to-back reports into one.
+//! slot `s & mask`. A slot is one `AtomicPtr` to an [`Entry`], a reference-counted
+//! allocation that carries the value *and its sequence number*, so the pointer and its
+//! stamp change in one atomic step and a reader can never see a torn pair. A publisher
+//! installs its entry with a `swap` and owns what comes out: normally the previous lap,
+//! which it retires. If a publisher that claimed `s` is so slow that `s + capacity` was
+//! installed first, the swap hands it that newer entry, and it swaps it back (repeating
+//! until what comes out is older than what went in), so the newest entry always ends up in
+//! the slot and `s` is counted as missed by readers that needed it. A reader at cursor `c`
+//! loads the slot: stamp `== c` is its value; stamp `< c` (or null) means `c` is not
+//! written yet; stamp `> c` means `c` was overwritten, and it skips to `tail - capacity`,
+//! the oldest value that can still be in the ring, reporting `Lagged { missed }` for
+//! exactly the skipped range. While publishers keep going, that oldest value is the next
+//! one overwritten, so a subscriber can be lapped again before it reads it and get a second
+//! `Lagged` at once; every report is exact, and a consumer that tells a person (the
+//! WebSocket server) sums back-to-back reports into one.
 //!
 //! **The startup segment.** A publisher whose claim saw the segment open, and whose
-//! sequence number is below `startup_capacity`, also stores a clone of its `Arc` into
-//! `startup[seq]`, a write-once cell. A subscriber reads `tail` once when it is created,
-//! at join point `j`. If the segment was open it replays `startup[0..j)` (every one of
-//! those claims came before the seal) and then reads the ring from `j`; if sealed at seal
-//! point `S`, it replays `startup[0..S)` and reads the ring from `j >= S`. Replay and live
-//! meet at a sequence number, never overlap, and are never compared by content. Startup
-//! events past `startup_capacity` are not kept; a replaying subscriber gets one
+//! sequence number is below `startup_capacity`, also stores its entry (with a count of its
+//! own) into `startup[seq]`, a write-once cell. A subscriber reads `tail` once when it is
+//! created, at join point `j`. If the segment was open it replays `startup[0..j)` (every
+//! one of those claims came before the seal) and then reads the ring from `j`; if sealed at
+//! seal point `S`, it replays `startup[0..S)` and reads the ring from `j >= S`. Replay and
+//! live meet at a sequence number, never overlap, and are never compared by content.
+//! Startup events past `startup_capacity` are not kept; a replaying subscriber gets one
 //! `Lagged { missed }` with their count after the replay.
 //!
 //! **Reclamation.** An entry taken out of a slot may still be read by a subscriber that
 //! loaded the pointer just before. Subscribers therefore read slots under an epoch guard
-//! (crossbeam-epoch), and a publisher *retires* what it takes out: the `Arc`'s count is
+//! (crossbeam-epoch), and a publisher *retires* what it takes out: the slot's count is
 //! released only once every guard that could have seen it is gone. Publishers never read
 //! an entry they do not own (the swap above), so they pin no guard; retired entries go to
 //! a per-thread batch that is handed to the collector 32 at a time (`sync.rs`). Epochs
@@ -74,6 +74,13 @@
 //! hazard slots because those make publish cost grow with the number of readers. The
 //! startup segment is never overwritten and needs no reclamation: it is freed with the
 //! ring.
+//!
+//! **Counts.** An entry counts its owners in one word (`Entry::refs`): its slot, its
+//! startup cell and each [`EntryRef`] a subscriber took. There are no weak counts, and a
+//! count is only taken from a live owner or from a slot read under a guard. So when a
+//! retired entry's count reads 1 after the grace period, it is the slot's alone and the
+//! entry is freed with no read-modify-write: an entry no subscriber took a count on (every
+//! entry, when subscribers only borrow) costs its publisher no locked instruction to free.
 //!
 //! **Wakeups.** A subscriber with nothing to read registers its waker in its own
 //! `WaitNode` (`ring/wait.rs`), pushes the node on the `waiters` stack (a `SeqCst` CAS),
@@ -86,7 +93,7 @@
 //! sits in at most one stack.
 //!
 //! **Receiving.** [`Subscriber::try_recv`], [`recv`](Subscriber::recv) and
-//! [`recv_many`](Subscriber::recv_many) hand out `Arc<Entry>`s: one reference count taken
+//! [`recv_many`](Subscriber::recv_many) hand out [`EntryRef`]s: one reference count taken
 //! (and later dropped) per value on a line every subscriber of that value shares.
 //! [`try_recv_with`](Subscriber::try_recv_with), [`recv_with`](Subscriber::recv_with),
 //! [`try_recv_each`](Subscriber::try_recv_each) and [`recv_each`](Subscriber::recv_each)
@@ -102,14 +109,15 @@ mod wait;
 
 use std::fmt;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::pin::Pin;
-use std::ptr;
+use std::ptr::{self, NonNull};
 use std::task::{Context, Poll, Waker};
 
 use crossbeam_utils::CachePadded;
 
 use crate::sync::{
-    self, Arc, AtomicPtr, AtomicU64, AtomicUsize, Guard, Ordering, Reclaimer, thread,
+    self, Arc, AtomicPtr, AtomicU64, AtomicUsize, Guard, Ordering, Reclaimer, fence, thread,
 };
 use wait::{WaitNode, WaitStack};
 
@@ -137,21 +145,86 @@ impl Default for RingConfig {
     }
 }
 
-/// A published value with its sequence number. Subscribers share one `Arc<Entry<T>>` per
-/// value; nothing is copied per subscriber.
+/// A published value with its sequence number. Subscribers share one `Entry` per value
+/// (one allocation, made by the publish); nothing is copied per subscriber. Borrowing
+/// receives lend `&Entry`; owning ones hand out an [`EntryRef`].
 pub struct Entry<T> {
+    /// Owners of this allocation: the slot that holds it (until a publisher has taken it
+    /// out and its retirement has ended), its startup cell (until the ring is dropped) and
+    /// each [`EntryRef`]. The last owner frees it. A count is only ever taken from a live
+    /// owner (`EntryRef::clone`) or from a slot or cell read under an epoch guard, never
+    /// from 0, and there are no weak counts.
+    refs: AtomicUsize,
     /// Set once, before the entry becomes reachable (published by the slot swap).
     seq: AtomicU64,
     value: T,
 }
 
 impl<T> Entry<T> {
-    /// A new entry; its sequence number is set when it is published.
-    fn new(value: T) -> Arc<Self> {
-        Arc::new(Entry {
+    /// A new entry with one count (the caller's); its sequence number is set when it is
+    /// published.
+    fn new(value: T) -> NonNull<Self> {
+        NonNull::from(Box::leak(Box::new(Entry {
+            refs: AtomicUsize::new(1),
             seq: AtomicU64::new(0),
             value,
-        })
+        })))
+    }
+
+    /// Takes one more count on `this`.
+    ///
+    /// # Safety
+    /// `this` is alive: the caller owns a count, or read it from a slot or cell under an
+    /// epoch guard that is still pinned.
+    #[inline]
+    unsafe fn acquire(this: *const Self) {
+        // Relaxed, as `Arc::clone`: the new count is handed over by whatever hands over
+        // the `EntryRef` (or used on this thread); the entry's contents were published by
+        // the Release swap or store that made it reachable, which the caller acquired.
+        // SAFETY: alive, as the contract says.
+        let old = unsafe { (*this).refs.fetch_add(1, Ordering::Relaxed) };
+        if old > isize::MAX as usize {
+            // As `Arc`: only reachable by leaking counts (`mem::forget`) in a loop.
+            std::process::abort();
+        }
+    }
+
+    /// Gives up one count on `this`; the last count frees it.
+    ///
+    /// # Safety
+    /// The caller owns a count of `this` and does not use `this` afterwards.
+    #[inline]
+    unsafe fn release(this: *const Self) {
+        // SAFETY: the caller's count keeps it alive until we give that count up.
+        let refs = unsafe { &(*this).refs };
+        // Acquire: pairs with the Release decrements below by the other owners. The
+        // decrements form one chain of read-modify-writes, so reading 1 (the value the
+        // last of them left) synchronizes with every one, and all their uses of the entry
+        // happen before the free. 1 means ours is the only count, and no other can appear:
+        // a count is taken only from a live owner (there is none but us) or from a slot
+        // read under a guard, and the slot's own count is released only after every guard
+        // that could have read it is gone. So the entry is ours alone and freeing it needs
+        // no read-modify-write: the common case, an entry no subscriber took a count on,
+        // costs one load instead of two locked decrements (`Arc`'s strong and weak).
+        #[cfg(not(herald_mutant = "relaxed_release"))]
+        let (load, decrement) = (Ordering::Acquire, Ordering::Release);
+        // Deliberate bug for loom-tests/mutants.sh: the count no longer carries the other
+        // owners' uses of the entry to the one that frees it.
+        #[cfg(herald_mutant = "relaxed_release")]
+        let (load, decrement) = (Ordering::Relaxed, Ordering::Relaxed);
+        if refs.load(load) != 1 {
+            // Release: pairs with the Acquire load above or the fence below, in whichever
+            // owner frees the entry.
+            if refs.fetch_sub(1, decrement) != 1 {
+                return;
+            }
+            // Acquire: pairs with the Release decrements of the other owners, as above.
+            #[cfg(not(herald_mutant = "relaxed_release"))]
+            fence(Ordering::Acquire);
+        }
+        // SAFETY: the last count: made by `Entry::new` from a `Box`, unreachable from any
+        // slot, cell or owner.
+        drop(unsafe { Box::from_raw(this as *mut Self) });
     }
 
     /// The global sequence number (0 is the first value ever published).
@@ -166,6 +239,86 @@ impl<T> Entry<T> {
     #[inline]
     pub fn value(&self) -> &T {
         &self.value
+    }
+}
+
+impl<T: Send + Sync + 'static> sync::Release for Entry<T> {
+    unsafe fn release(this: *const Self) {
+        // SAFETY: the reclaimer's contract is this one's.
+        unsafe { Entry::release(this) }
+    }
+}
+
+/// An owned reference to an [`Entry`], what the owning receives (`try_recv`, `recv`,
+/// `recv_many`, ...) hand out: like an `Arc<Entry<T>>` with a single count and no weak
+/// count. Cloning takes a count on the shared entry, dropping gives it up, and the last
+/// owner frees the entry. Derefs to the [`Entry`] (and from there to the value).
+pub struct EntryRef<T> {
+    /// Owns one count of the entry.
+    ptr: NonNull<Entry<T>>,
+    _owns: PhantomData<Entry<T>>,
+}
+
+// SAFETY: as `Arc<Entry<T>>`: the entry is shared between threads and dropped on whichever
+// releases the last count, which `T: Send + Sync` makes sound.
+unsafe impl<T: Send + Sync> Send for EntryRef<T> {}
+// SAFETY: as above.
+unsafe impl<T: Send + Sync> Sync for EntryRef<T> {}
+
+impl<T> EntryRef<T> {
+    /// Wraps a count the caller owns.
+    ///
+    /// # Safety
+    /// The caller owns a count of `ptr` and hands it over.
+    unsafe fn from_owned(ptr: NonNull<Entry<T>>) -> Self {
+        Self {
+            ptr,
+            _owns: PhantomData,
+        }
+    }
+
+    /// Whether `a` and `b` refer to the same entry (as `Arc::ptr_eq`).
+    pub fn ptr_eq(a: &Self, b: &Self) -> bool {
+        a.ptr == b.ptr
+    }
+
+    /// How many owners the entry has now: the ring's slot and startup cell while they hold
+    /// it, and every `EntryRef`. Another thread may change it at any moment; for tests and
+    /// diagnostics (as `Arc::strong_count`).
+    pub fn ref_count(this: &Self) -> usize {
+        // Relaxed: a snapshot, as `Arc::strong_count`.
+        this.refs.load(Ordering::Relaxed)
+    }
+}
+
+impl<T> Clone for EntryRef<T> {
+    fn clone(&self) -> Self {
+        // SAFETY: we own a count, so the entry is alive; the new count goes to the clone.
+        unsafe {
+            Entry::acquire(self.ptr.as_ptr());
+            Self::from_owned(self.ptr)
+        }
+    }
+}
+
+impl<T> Drop for EntryRef<T> {
+    fn drop(&mut self) {
+        // SAFETY: we own a count and this is its last use.
+        unsafe { Entry::release(self.ptr.as_ptr()) }
+    }
+}
+
+impl<T> std::ops::Deref for EntryRef<T> {
+    type Target = Entry<T>;
+    fn deref(&self) -> &Entry<T> {
+        // SAFETY: our count keeps the entry alive while `self` is borrowed.
+        unsafe { self.ptr.as_ref() }
+    }
+}
+
+impl<T: fmt::Debug> fmt::Debug for EntryRef<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&**self, f)
     }
 }
 
@@ -261,8 +414,8 @@ pub struct RingStats {
 struct Shared<T> {
     /// Next sequence number | `SEALED` | `CLOSED`. The only word publishers contend on.
     tail: CachePadded<AtomicU64>,
-    /// `capacity` slots; slot `i` holds null or an `Arc<Entry>` whose seq is `≡ i (mod
-    /// capacity)`, and its seq only ever grows.
+    /// `capacity` slots; slot `i` holds null or an entry (owning one count) whose seq is
+    /// `≡ i (mod capacity)`, and its seq only ever grows.
     slots: Box<[AtomicPtr<Entry<T>>]>,
     /// `capacity - 1`.
     mask: u64,
@@ -281,8 +434,8 @@ struct Shared<T> {
     reclaim: Reclaimer,
 }
 
-// SAFETY: the raw pointers are owned `Arc<Entry<T>>`s, shared across threads only as
-// `Arc`s are; `T: Send + Sync` makes that sound.
+// SAFETY: the raw pointers each own a count of their entry, which is shared across threads
+// as an `EntryRef` is; `T: Send + Sync` makes that sound.
 unsafe impl<T: Send + Sync> Send for Shared<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send + Sync> Sync for Shared<T> {}
@@ -294,8 +447,8 @@ impl<T> Drop for Shared<T> {
             // Relaxed: exclusive access.
             let p = cell.load(Ordering::Relaxed);
             if !p.is_null() {
-                // SAFETY: every non-null cell owns one strong count from `Arc::into_raw`.
-                drop(unsafe { Arc::from_raw(p) });
+                // SAFETY: every non-null cell owns one count, given up here.
+                unsafe { Entry::release(p) };
             }
         }
     }
@@ -330,32 +483,35 @@ impl<T: Send + Sync + 'static> Shared<T> {
     /// Claims a sequence number for `entry`, records it in the startup segment if the
     /// segment was open, installs it in its slot and wakes parked subscribers.
     #[inline]
-    fn publish(&self, entry: Arc<Entry<T>>) -> u64 {
+    fn publish(&self, entry: NonNull<Entry<T>>) -> u64 {
         // AcqRel: Release makes the claim part of `tail`'s modification order that the
         // seal's fetch_or and subscribers' Acquire loads of `tail` read; Acquire pairs with
         // the seal's fetch_or so that a claim after the seal sees SEALED.
         let prev = self.tail.fetch_add(1, Ordering::AcqRel);
         let seq = prev & SEQ_MASK;
         debug_assert!(prev & CLOSED == 0, "publish on a closed ring");
+        // SAFETY: we own `entry`'s count and nobody else can reach it yet.
+        let e = unsafe { entry.as_ref() };
         // Relaxed: published by the Release store / swap below that makes `entry` reachable.
-        entry.seq.store(seq, Ordering::Relaxed);
+        e.seq.store(seq, Ordering::Relaxed);
 
         #[cfg(not(herald_mutant = "seal_ignored"))]
         let startup_open = prev & SEALED == 0;
         #[cfg(herald_mutant = "seal_ignored")]
         let startup_open = true;
         if startup_open && (seq as usize) < self.startup.len() {
-            let raw = Arc::into_raw(entry.clone()) as *mut Entry<T>;
+            // The cell's own count. SAFETY: we own a count.
+            unsafe { Entry::acquire(entry.as_ptr()) };
             // Release: pairs with the Acquire load in `Position::next_replay`.
-            self.startup[seq as usize].store(raw, Ordering::Release);
+            self.startup[seq as usize].store(entry.as_ptr(), Ordering::Release);
         }
 
-        self.install(seq, Arc::into_raw(entry) as *mut Entry<T>);
+        self.install(seq, entry.as_ptr());
         self.notify();
         seq
     }
 
-    /// Puts `new` (which owns a strong count and has sequence number `seq`) into its slot.
+    /// Puts `new` (which owns a count and has sequence number `seq`) into its slot.
     ///
     /// A `swap` rather than a compare-and-swap: the publisher never reads an entry it does
     /// not own, so it needs no epoch guard. What comes out of the slot is ours. Normally it
@@ -382,8 +538,8 @@ impl<T: Send + Sync + 'static> Shared<T> {
             if out.is_null() {
                 return;
             }
-            // SAFETY: the swap moved the slot's strong count of `out` to us; it stays
-            // alive at least until we give that count up.
+            // SAFETY: the swap moved the slot's count of `out` to us; it stays alive at
+            // least until we give that count up.
             let out_seq = unsafe { (*out).seq() };
             if out_seq < holding_seq {
                 #[cfg(not(herald_mutant = "eager_free"))]
@@ -397,7 +553,7 @@ impl<T: Send + Sync + 'static> Shared<T> {
                 #[cfg(herald_mutant = "eager_free")]
                 {
                     // SAFETY: none; this is the use-after-free the models must catch.
-                    drop(unsafe { Arc::from_raw(out as *const Entry<T>) });
+                    unsafe { Entry::release(out) };
                 }
                 return;
             }
@@ -525,13 +681,18 @@ impl<T: Send + Sync + 'static> Publisher<T> {
     }
 
     /// As [`publish`](Self::publish), and then calls `observe` on the publishing thread
-    /// with the shared entry (already visible to subscribers). Costs one extra reference
-    /// count on the entry.
+    /// with the shared entry (already visible to subscribers; `observe` may clone the
+    /// [`EntryRef`] to keep it). Costs one extra reference count on the entry.
     #[inline]
-    pub fn publish_observed(&self, value: T, observe: impl FnOnce(&Arc<Entry<T>>)) -> u64 {
+    pub fn publish_observed(&self, value: T, observe: impl FnOnce(&EntryRef<T>)) -> u64 {
         let entry = Entry::new(value);
-        let seq = self.shared.publish(entry.clone());
-        observe(&entry);
+        // SAFETY: `Entry::new` gave us its count; this one is for `observed`.
+        let observed = unsafe {
+            Entry::acquire(entry.as_ptr());
+            EntryRef::from_owned(entry)
+        };
+        let seq = self.shared.publish(entry);
+        observe(&observed);
         seq
     }
 
@@ -668,7 +829,7 @@ struct Position {
 
 impl<T: Send + Sync + 'static> Subscriber<T> {
     /// The next value, without waiting.
-    pub fn try_recv(&mut self) -> Result<Arc<Entry<T>>, TryRecvError> {
+    pub fn try_recv(&mut self) -> Result<EntryRef<T>, TryRecvError> {
         self.try_recv_with(share)
     }
 
@@ -697,7 +858,7 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
     /// values is reported by the next call.
     pub fn try_recv_many(
         &mut self,
-        out: &mut Vec<Arc<Entry<T>>>,
+        out: &mut Vec<EntryRef<T>>,
         max: usize,
     ) -> Result<usize, TryRecvError> {
         self.try_recv_each(max, |entry| out.push(share(entry)))
@@ -818,7 +979,7 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
     /// Waits for at least one value, then appends up to `max` ready ones to `out`.
     pub fn recv_many<'a>(
         &'a mut self,
-        out: &'a mut Vec<Arc<Entry<T>>>,
+        out: &'a mut Vec<EntryRef<T>>,
         max: usize,
     ) -> RecvMany<'a, T> {
         RecvMany {
@@ -830,7 +991,7 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
 
     /// The next value, parking the calling thread until there is one. For plain threads;
     /// inside an async runtime use [`recv`](Self::recv).
-    pub fn recv_blocking(&mut self) -> Result<Arc<Entry<T>>, RecvError> {
+    pub fn recv_blocking(&mut self) -> Result<EntryRef<T>, RecvError> {
         loop {
             match self.try_recv() {
                 Ok(entry) => return Ok(entry),
@@ -862,7 +1023,7 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
     }
 
     /// Registers `waker`, then checks once more. `None`: still empty, safe to sleep.
-    fn park(&mut self, waker: &Waker) -> Option<Result<Arc<Entry<T>>, TryRecvError>> {
+    fn park(&mut self, waker: &Waker) -> Option<Result<EntryRef<T>, TryRecvError>> {
         self.park_then(waker, Self::try_recv)
     }
 
@@ -1049,14 +1210,15 @@ impl<T: Send + Sync + 'static> fmt::Debug for Subscriber<T> {
     }
 }
 
-/// A new strong count on an entry the ring lends out.
-fn share<T>(entry: &Entry<T>) -> Arc<Entry<T>> {
-    let p: *const Entry<T> = entry;
-    // SAFETY: every entry the ring lends out sits in an `Arc` allocation made by
-    // `Entry::new`, which holds at least one strong count while the borrow lasts.
+/// A new count on an entry the ring lends out.
+fn share<T>(entry: &Entry<T>) -> EntryRef<T> {
+    let p = NonNull::from(entry);
+    // SAFETY: every entry the ring lends out was made by `Entry::new`, and its slot or
+    // cell holds a count while the borrow (under the lender's epoch guard) lasts; the new
+    // count is handed to the `EntryRef`.
     unsafe {
-        Arc::increment_strong_count(p);
-        Arc::from_raw(p)
+        Entry::acquire(p.as_ptr());
+        EntryRef::from_owned(p)
     }
 }
 
@@ -1085,7 +1247,7 @@ fn to_recv_error(e: TryRecvError) -> RecvError {
 }
 
 impl<T: Send + Sync + 'static> Future for Recv<'_, T> {
-    type Output = Result<Arc<Entry<T>>, RecvError>;
+    type Output = Result<EntryRef<T>, RecvError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let sub = &mut *self.sub;
@@ -1105,7 +1267,7 @@ impl<T: Send + Sync + 'static> Future for Recv<'_, T> {
 /// Future of [`Subscriber::recv_many`]. Cancel-safe: dropping it loses nothing.
 pub struct RecvMany<'a, T: Send + Sync + 'static> {
     sub: &'a mut Subscriber<T>,
-    out: &'a mut Vec<Arc<Entry<T>>>,
+    out: &'a mut Vec<EntryRef<T>>,
     max: usize,
 }
 

@@ -84,11 +84,20 @@ impl<T> UnsafeCell<T> {
 
 pub(crate) use reclaim::{Guard, Reclaimer, flush_retired};
 
+/// What a [`Reclaimer`] can retire: a shared object whose owners each hold a count.
+pub(crate) trait Release: Send + Sync + 'static {
+    /// Gives up one count of `this`, freeing it with the last.
+    ///
+    /// # Safety
+    /// The caller owns a count of `this` and does not use `this` afterwards.
+    unsafe fn release(this: *const Self);
+}
+
 #[cfg(not(herald_loom))]
 mod reclaim {
     use std::cell::RefCell;
 
-    use super::Arc;
+    use super::Release;
 
     /// Epoch-based reclamation on crossbeam-epoch's global collector. Zero-sized.
     ///
@@ -116,16 +125,16 @@ mod reclaim {
     /// Entries retired per `defer`.
     const BATCH: usize = 32;
 
-    /// A retired `Arc` and the function that releases it.
+    /// A retired object and the function that releases it.
     type Retired = (usize, unsafe fn(usize));
 
-    /// Releases one strong count of an `Arc<T>` given as an address.
+    /// Releases one count of the `R` at address `addr`.
     ///
     /// # Safety
-    /// `addr` came from `Arc::<T>::into_raw` and the caller owns that count.
-    unsafe fn release<T>(addr: usize) {
+    /// As [`Release::release`] for `addr as *const R`.
+    unsafe fn release<R: Release>(addr: usize) {
         // SAFETY: as the function's contract says.
-        drop(unsafe { Arc::from_raw(addr as *const T) });
+        unsafe { R::release(addr as *const R) }
     }
 
     /// This thread's batch; flushed when full, by `flush_retired` and at thread exit.
@@ -170,16 +179,14 @@ mod reclaim {
             Guard(crossbeam_epoch::pin(), std::marker::PhantomData)
         }
 
-        /// Releases the `Arc` behind `ptr` once every guard that might have seen it is
-        /// gone.
+        /// Releases a count of `ptr` once every guard that might have seen it is gone.
         ///
         /// # Safety
-        /// `ptr` came from `Arc::into_raw`, its strong count is owned by the caller and
-        /// given up here, and it is no longer reachable from shared memory, so no guard
-        /// pinned from now on can load it.
+        /// The caller owns a count of `ptr` and gives it up here, and `ptr` is no longer
+        /// reachable from shared memory, so no guard pinned from now on can load it.
         #[inline]
-        pub(crate) unsafe fn retire<T: Send + Sync + 'static>(&self, ptr: *const T) {
-            let item: Retired = (ptr as usize, release::<T>);
+        pub(crate) unsafe fn retire<R: Release>(&self, ptr: *const R) {
+            let item: Retired = (ptr as usize, release::<R>);
             let full = BATCH_OF_THIS_THREAD.try_with(|b| {
                 let mut b = b.0.borrow_mut();
                 b.push(item);
@@ -205,11 +212,11 @@ mod reclaim {
 
 #[cfg(herald_loom)]
 mod reclaim {
-    use super::Arc;
+    use super::Release;
     use loom::sync::Mutex;
 
     struct Retired(Box<dyn FnOnce()>);
-    // SAFETY: only `Arc<T>` drops with `T: Send + Sync` are retired (see `retire`).
+    // SAFETY: only releases of `Release` objects, which are `Send + Sync`, are retired.
     unsafe impl Send for Retired {}
 
     #[derive(Default)]
@@ -249,11 +256,11 @@ mod reclaim {
         ///
         /// # Safety
         /// As there.
-        pub(crate) unsafe fn retire<T: Send + Sync + 'static>(&self, ptr: *const T) {
+        pub(crate) unsafe fn retire<R: Release>(&self, ptr: *const R) {
             let ptr = ptr as usize;
             let free = move || {
-                // SAFETY: the caller gave up this strong reference to us.
-                drop(unsafe { Arc::from_raw(ptr as *const T) })
+                // SAFETY: the caller gave up this count to us.
+                unsafe { R::release(ptr as *const R) }
             };
             let mut state = self.state.lock().unwrap();
             if state.active == 0 {

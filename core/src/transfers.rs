@@ -146,7 +146,7 @@ use tokio::sync::mpsc::{self, UnboundedReceiver, UnboundedSender};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::bus::{Bus, BusConfig, BusEntry, PublishHook};
+use crate::bus::{Bus, BusConfig, BusEntryRef, PublishHook};
 use crate::event::{BlockInfo, DeployInfo, DeployTransfers, Event, Transfer, TransfersInfo};
 
 /// How soon a block held back for order is looked at again (a publish in flight finishes
@@ -388,11 +388,11 @@ fn bump(counter: &AtomicU64) {
 
 /// A `block-finalised` entry of the bus.
 #[derive(Clone)]
-struct Finalised(Arc<BusEntry>);
+struct Finalised(BusEntryRef);
 
 impl Finalised {
-    fn new(entry: &Arc<BusEntry>) -> Option<Self> {
-        matches!(entry.event(), Event::BlockFinalised(_)).then(|| Self(Arc::clone(entry)))
+    fn new(entry: &BusEntryRef) -> Option<Self> {
+        matches!(entry.event(), Event::BlockFinalised(_)).then(|| Self(entry.clone()))
     }
 
     fn block(&self) -> &BlockInfo {
@@ -462,7 +462,7 @@ impl Hook {
 }
 
 impl PublishHook for Hook {
-    fn on_publish(&self, entry: &Arc<BusEntry>) {
+    fn on_publish(&self, entry: &BusEntryRef) {
         if let Some(block) = Finalised::new(entry) {
             self.accept(block);
         }

@@ -2,9 +2,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use herald_core::bus::{Bus, BusConfig, BusEntry, BusStats, PublishHook};
+use herald_core::bus::{Bus, BusConfig, BusEntryRef, BusStats, PublishHook};
 use herald_core::event::{Event, EventKind};
-use herald_core::ring::TryRecvError;
+use herald_core::ring::{EntryRef, TryRecvError};
 
 fn hash(n: u64) -> String {
     format!("{n:064x}")
@@ -78,7 +78,7 @@ fn the_encoding_is_computed_once_and_shared_by_every_subscriber() {
     let mut b = bus.subscribe();
     bus.publish(ceremony().remove(0));
     let (x, y) = (a.try_recv().unwrap(), b.try_recv().unwrap());
-    assert!(Arc::ptr_eq(&x, &y), "one entry for all subscribers");
+    assert!(EntryRef::ptr_eq(&x, &y), "one entry for all subscribers");
     let (jx, jy) = (x.json(), y.json());
     assert_eq!(jx.as_ptr(), jy.as_ptr(), "one encoding for all subscribers");
     assert_eq!(x.json().as_ptr(), jx.as_ptr(), "encoded once, not per call");
@@ -104,7 +104,7 @@ fn json_with_seq_carries_the_global_sequence_number() {
 #[derive(Default)]
 struct Recorder(Mutex<Vec<(u64, EventKind)>>);
 impl PublishHook for Recorder {
-    fn on_publish(&self, entry: &Arc<BusEntry>) {
+    fn on_publish(&self, entry: &BusEntryRef) {
         self.0.lock().unwrap().push((entry.seq(), entry.kind()));
     }
 }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 
-use herald_core::ring::{self, RecvError, RingConfig, TryRecvError};
+use herald_core::ring::{self, EntryRef, RecvError, RingConfig, TryRecvError};
 
 fn cfg(capacity: usize, startup_capacity: usize) -> RingConfig {
     RingConfig {
@@ -252,10 +252,10 @@ fn subscribers_share_one_allocation_per_value() {
     let mut b = p.subscribe();
     p.publish("block".to_string());
     let (x, y) = (a.try_recv().unwrap(), b.try_recv().unwrap());
-    assert!(Arc::ptr_eq(&x, &y));
+    assert!(EntryRef::ptr_eq(&x, &y));
     // And the replayed copy is the same allocation as the live one.
     let mut c = p.subscribe_from(0);
-    assert!(Arc::ptr_eq(&x, &c.try_recv().unwrap()));
+    assert!(EntryRef::ptr_eq(&x, &c.try_recv().unwrap()));
 }
 
 #[test]
@@ -340,6 +340,70 @@ fn every_value_is_dropped_exactly_once() {
         thread::yield_now();
     }
     assert_eq!(drops.load(Ordering::SeqCst), 100);
+}
+
+/// Owned references (`EntryRef`) held past their entry's overwrite, cloned and dropped on
+/// several threads while the publisher laps everyone: every value is received or counted
+/// as missed exactly, and dropped exactly once, whoever lets go of it last (the ring's
+/// retirement or a subscriber's reference).
+#[test]
+fn entry_refs_held_and_cloned_across_threads_drop_every_value_once() {
+    const PUBLISHED: u64 = 20_000;
+    let drops = Arc::new(AtomicUsize::new(0));
+    {
+        let p = ring::ring::<Counted>(cfg(8, 0));
+        p.seal_startup();
+        let readers: Vec<_> = (0..3)
+            .map(|k| {
+                let mut s = p.subscribe();
+                thread::spawn(move || {
+                    let (mut received, mut missed) = (0u64, 0u64);
+                    let mut kept = Vec::new();
+                    loop {
+                        match s.recv_blocking() {
+                            Ok(entry) => {
+                                received += 1;
+                                // Keep some past their overwrite, and some clones.
+                                if entry.seq() % 7 == k {
+                                    let clone = entry.clone();
+                                    assert!(EntryRef::ptr_eq(&clone, &entry));
+                                    assert!(EntryRef::ref_count(&entry) >= 2);
+                                    kept.push(clone);
+                                }
+                                if entry.seq() % 5 == k {
+                                    kept.push(entry);
+                                }
+                                if kept.len() > 64 {
+                                    kept.drain(..32);
+                                }
+                            }
+                            Err(RecvError::Lagged { missed: m, .. }) => missed += m,
+                            Err(RecvError::Closed) => return (received, missed, kept),
+                        }
+                    }
+                })
+            })
+            .collect();
+        for _ in 0..PUBLISHED {
+            p.publish(Counted(drops.clone()));
+        }
+        drop(p);
+        let mut still_held = Vec::new();
+        for reader in readers {
+            let (received, missed, kept) = reader.join().unwrap();
+            assert_eq!(received + missed, PUBLISHED);
+            still_held.push(kept);
+        }
+        // Dropped here, after the ring itself is gone.
+        drop(still_held);
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while drops.load(Ordering::SeqCst) < PUBLISHED as usize && std::time::Instant::now() < deadline
+    {
+        crossbeam_epoch::pin().flush();
+        thread::yield_now();
+    }
+    assert_eq!(drops.load(Ordering::SeqCst), PUBLISHED as usize);
 }
 
 #[test]
@@ -656,9 +720,9 @@ fn borrowing_receives_take_no_reference_count() {
     let mut t = p.subscribe();
     p.publish(1);
     let held = t.try_recv().unwrap(); // one count for the slot, one for `held`
-    assert_eq!(Arc::strong_count(&held), 2);
+    assert_eq!(EntryRef::ref_count(&held), 2);
     s.try_recv_with(|e| assert_eq!(**e, 1)).unwrap();
-    assert_eq!(Arc::strong_count(&held), 2);
+    assert_eq!(EntryRef::ref_count(&held), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

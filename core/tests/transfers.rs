@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use herald_core::bus::{Bus, BusConfig, BusEntry, BusSubscriber};
+use herald_core::bus::{Bus, BusConfig, BusEntryRef, BusSubscriber};
 use herald_core::event::{BlockInfo, DeployInfo, DeployTransfers, Event, EventKind, TransfersInfo};
 use herald_core::ring::{RecvError, TryRecvError};
 use herald_core::transfers::{
@@ -177,7 +177,7 @@ async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Everything `sub` receives until the bus closes, and the sum of its `missed` notices.
-async fn drain(sub: &mut BusSubscriber) -> (Vec<Arc<BusEntry>>, u64) {
+async fn drain(sub: &mut BusSubscriber) -> (Vec<BusEntryRef>, u64) {
     let mut entries = Vec::new();
     let mut missed = 0;
     let closed = tokio::time::timeout(DEADLINE, async {
@@ -195,7 +195,7 @@ async fn drain(sub: &mut BusSubscriber) -> (Vec<Arc<BusEntry>>, u64) {
 }
 
 /// The `transfers-available` payloads among `entries`, in order.
-fn transfers(entries: &[Arc<BusEntry>]) -> Vec<TransfersInfo> {
+fn transfers(entries: &[BusEntryRef]) -> Vec<TransfersInfo> {
     entries
         .iter()
         .filter_map(|e| match e.event() {
@@ -206,7 +206,7 @@ fn transfers(entries: &[Arc<BusEntry>]) -> Vec<TransfersInfo> {
 }
 
 /// Block numbers of the `block-finalised` events among `entries`, in order.
-fn finalised(entries: &[Arc<BusEntry>]) -> Vec<u64> {
+fn finalised(entries: &[BusEntryRef]) -> Vec<u64> {
     entries
         .iter()
         .filter_map(|e| match e.event() {
@@ -773,7 +773,7 @@ async fn a_stopped_extractor_counts_what_it_no_longer_takes() {
 // ---------------------------------------------------------------------------------------------
 
 /// The next entry of `sub`, within [`DEADLINE`] (virtual time on a paused clock).
-async fn next_entry(sub: &mut BusSubscriber) -> Arc<BusEntry> {
+async fn next_entry(sub: &mut BusSubscriber) -> BusEntryRef {
     match tokio::time::timeout(DEADLINE, sub.recv()).await {
         Ok(Ok(entry)) => entry,
         other => panic!("no entry: {other:?}"),

@@ -2,7 +2,7 @@
 
 use std::sync::atomic::Ordering;
 
-use herald_core::ring::{Entry, Subscriber, TryRecvError};
+use herald_core::ring::{Entry, EntryRef, Subscriber, TryRecvError};
 use loom::cell::UnsafeCell;
 use loom::sync::Arc;
 use loom::sync::atomic::AtomicBool;
@@ -123,6 +123,14 @@ impl Payload {
 
 impl Drop for Payload {
     fn drop(&mut self) {
+        // A write loom checks against every read of the body: a subscriber's read that
+        // does not happen before the drop (an entry freed while lent, or a release whose
+        // ordering does not carry the readers' uses to the thread that frees) is reported.
+        self.body.with_mut(|p| {
+            // SAFETY: `&mut self`: no one else can reach the payload any more, or loom
+            // reports the access that could.
+            unsafe { *p = u64::MAX }
+        });
         if let Some((log, index)) = &self.log {
             log.mark(*index);
         }
@@ -156,7 +164,7 @@ pub struct Transcript {
 impl Transcript {
     /// Records a `try_recv` result. A value's payload is read (loom-checked) while the
     /// entry is held.
-    pub fn record(&mut self, r: Result<Arc<Entry<Payload>>, TryRecvError>) -> Step {
+    pub fn record(&mut self, r: Result<EntryRef<Payload>, TryRecvError>) -> Step {
         match r {
             Ok(entry) => {
                 self.value(&entry);
@@ -172,7 +180,7 @@ impl Transcript {
     }
 
     /// Records a `recv` / `recv_blocking` result.
-    pub fn record_recv(&mut self, r: Result<Arc<Entry<Payload>>, RecvError>) -> Step {
+    pub fn record_recv(&mut self, r: Result<EntryRef<Payload>, RecvError>) -> Step {
         self.record(r.map_err(|e| match e {
             RecvError::Lagged { missed, resume_seq } => TryRecvError::Lagged { missed, resume_seq },
             RecvError::Closed => TryRecvError::Closed,

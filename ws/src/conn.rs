@@ -506,7 +506,7 @@ mod tests {
 
     use std::time::Duration;
 
-    use herald_core::bus::{Bus, BusConfig};
+    use herald_core::bus::{Bus, BusConfig, BusEntryRef};
     use herald_core::event::Event;
     use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
@@ -608,7 +608,7 @@ mod tests {
     }
 
     /// Entries of a real bus, for scripted `recv`s: `n` events with seqs `0..n`.
-    fn entries(n: u64) -> Vec<Arc<BusEntry>> {
+    fn entries(n: u64) -> Vec<BusEntryRef> {
         let bus = Bus::new(BusConfig::default());
         bus.seal_startup();
         let mut sub = bus.subscribe();
@@ -625,7 +625,7 @@ mod tests {
 
     /// A `recv` that plays `script`, then reports `Empty`.
     fn scripted(
-        entries: &[Arc<BusEntry>],
+        entries: &[BusEntryRef],
         script: Vec<Step>,
     ) -> impl FnMut(Lend<'_>) -> Result<usize, TryRecvError> {
         let mut script = script.into_iter();

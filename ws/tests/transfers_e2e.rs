@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use herald_core::bus::{BusConfig, BusEntry, BusSubscriber};
+use herald_core::bus::{BusConfig, BusEntry, BusEntryRef, BusSubscriber};
 use herald_core::event::{BlockInfo, Event, EventKind, TransfersInfo};
 use herald_core::ring::RecvError;
 use herald_core::transfers::{
@@ -41,7 +41,7 @@ fn sim(rate: Rate) -> Simulator {
 async fn drain(
     sub: &mut BusSubscriber,
     mut on_entry: impl FnMut(&BusEntry),
-) -> (Vec<Arc<BusEntry>>, u64) {
+) -> (Vec<BusEntryRef>, u64) {
     let mut entries = Vec::new();
     let mut missed = 0;
     let closed = tokio::time::timeout(DEADLINE, async {
