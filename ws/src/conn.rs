@@ -21,9 +21,10 @@
 //!    other connections).
 //! 4. **lag**: when the bus lapped this client it reports how many events it skipped; the
 //!    client gets `{"event":"lagged",...,"payload":{"missed":N,"resume-seq":S}}` and delivery
-//!    continues at `S`. With [`OnLag::Close`] the connection is closed with 1008 instead
-//!    (except for a lag reported before the first live event: a `from=` point no longer
-//!    retained, or a startup segment that overflowed, which are not the client's doing).
+//!    continues at `S`. With [`OnLag::Close`] the connection is closed with 1008 instead,
+//!    except for lags that are not the client's doing: a `from=` point no longer retained
+//!    (until the first live event), or a startup segment that overflowed. A client that
+//!    joined live and was lapped before it read its first live event is closed.
 //!    Lags the bus reports back to back, with no event between them, are told as one
 //!    notice ([`take_events`]).
 //!    Publishers never wait for any client.
@@ -461,10 +462,17 @@ fn take_events(
             Ok(_) | Err(TryRecvError::Empty) => break,
             Err(TryRecvError::Lagged { missed, resume_seq }) => {
                 metrics::add(&metrics.lagged_events, missed);
-                // A lag before the first live event (a `from=` point no longer retained,
-                // a startup segment that overflowed) is not the client's doing: told,
-                // never closed for.
-                if on_lag == OnLag::Close && *live {
+                // Not the client's doing, so told even under `OnLag::Close`: with `from=`,
+                // anything before its first live event (the gap to the oldest retained
+                // event, and a lap straight after it); joined live, a startup segment that
+                // overflowed (the skipped range starts before `live_from`). Any other lag
+                // skipped live events the client did not read in time, even if it has
+                // not read a live event yet.
+                let not_its_doing = match extensions.from {
+                    Some(_) => !*live,
+                    None => resume_seq - missed < live_from,
+                };
+                if on_lag == OnLag::Close && !not_its_doing {
                     taken = Taken::TooSlow { missed };
                     break;
                 }
@@ -648,8 +656,9 @@ mod tests {
         let mut outbox = Outbox::new();
         let mut live = false;
         let lagged = |missed, resume_seq| TryRecvError::Lagged { missed, resume_seq };
-        // Lapped at 3 (moved to 20), lapped again at 20 (moved to 21) and at 21 (to 30),
-        // then events 30 and 31.
+        // `from=3`, no longer retained: lapped at 3 (moved to 20), lapped again at 20
+        // (moved to 21) and at 21 (to 30), then events 30 and 31. Not the client's doing:
+        // told, not closed, under `OnLag::Close`.
         let recv = scripted(
             &entries,
             vec![
@@ -659,7 +668,7 @@ mod tests {
                 Ok(30..32),
             ],
         );
-        let extensions = query::parse(Some("seq=true")).unwrap();
+        let extensions = query::parse(Some("seq=true&from=3")).unwrap();
         let taken = take_events(
             recv,
             &mut outbox,
@@ -693,6 +702,67 @@ mod tests {
         );
         assert_eq!(taken, Taken::TooSlow { missed: 5 });
         assert!(outbox.is_empty());
+    }
+
+    #[tokio::test]
+    async fn on_lag_close_closes_a_live_client_lapped_before_its_first_event() {
+        let entries = entries(40);
+        let metrics = Metrics::default();
+        let mut outbox = Outbox::new();
+        let mut live = false;
+        let lagged = |missed, resume_seq| TryRecvError::Lagged { missed, resume_seq };
+        // Joined live at 10 (no `from=`): the startup segment's overflow (skipped range
+        // before 10) is told; the lap of live events 10..14, though the client has read no
+        // live event yet, closes.
+        let extensions = query::parse(None).unwrap();
+        let recv = scripted(&entries, vec![Err(lagged(5, 10)), Ok(10..11)]);
+        let taken = take_events(
+            recv,
+            &mut outbox,
+            &extensions,
+            OnLag::Close,
+            (&mut live, 10),
+            &metrics,
+        );
+        assert_eq!(taken, Taken::Queued);
+        assert_eq!(
+            texts(&mut outbox).await,
+            [
+                String::from_utf8(lagged_message(5, 10).to_vec()).unwrap(),
+                String::from_utf8(entries[10].json().to_vec()).unwrap(),
+            ]
+        );
+        let mut live = false;
+        let recv = scripted(&entries, vec![Err(lagged(4, 14)), Ok(14..15)]);
+        let taken = take_events(
+            recv,
+            &mut outbox,
+            &extensions,
+            OnLag::Close,
+            (&mut live, 10),
+            &metrics,
+        );
+        assert_eq!(taken, Taken::TooSlow { missed: 4 });
+        assert!(outbox.is_empty());
+        // The same lap under `from=10` is the resume point no longer retained: told.
+        let from = query::parse(Some("from=10")).unwrap();
+        let recv = scripted(&entries, vec![Err(lagged(4, 14)), Ok(14..15)]);
+        let taken = take_events(
+            recv,
+            &mut outbox,
+            &from,
+            OnLag::Close,
+            (&mut live, 10),
+            &metrics,
+        );
+        assert_eq!(taken, Taken::Queued);
+        assert_eq!(
+            texts(&mut outbox).await,
+            [
+                String::from_utf8(lagged_message(4, 14).to_vec()).unwrap(),
+                String::from_utf8(entries[14].json().to_vec()).unwrap(),
+            ]
+        );
     }
 
     #[tokio::test]

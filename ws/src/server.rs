@@ -56,9 +56,10 @@ pub enum OnLag {
     /// Send the `lagged` notice (SPEC section 4) and carry on.
     #[default]
     Notify,
-    /// Close the connection with 1008. A lag reported before the client received its first
-    /// live event (its `from=` point is no longer retained, or the startup segment
-    /// overflowed) is not the client's doing and is still sent as a notice.
+    /// Close the connection with 1008. Lags that are not the client's doing are still sent
+    /// as notices: with `from=`, any before its first live event (its `from=` point is no
+    /// longer retained); joined live, the startup segment's overflow. A client that joined
+    /// live and was lapped before reading its first live event is closed.
     Close,
 }
 
