@@ -33,6 +33,8 @@
 //!   broadcast has no borrowing receive: its `recv()` must clone the value.
 //! * `spsc/{herald,tokio}`: one producer thread, one consumer thread (blocking receive),
 //!   lossless: the producer stays at most [`SPSC_WINDOW`] events ahead of the consumer.
+//!   herald's `recv_blocking` looks again about ten times (spinning, then yielding) before
+//!   it parks; tokio's `blocking_recv` parks at once.
 //! * `mpsc/{herald,tokio}/{producers}`: 2 and 4 producer threads, one consumer thread,
 //!   lossless the same way.
 //! * `floor/...`: the pieces of a publish measured alone (see [`floor`]).

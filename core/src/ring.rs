@@ -991,7 +991,16 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
 
     /// The next value, parking the calling thread until there is one. For plain threads;
     /// inside an async runtime use [`recv`](Self::recv).
+    ///
+    /// While publishers are busy the next value usually comes within microseconds, so an
+    /// empty ring is looked at again a few times first (spinning, then yielding the CPU:
+    /// crossbeam's `Backoff`, about ten looks) before the thread registers a waker and
+    /// parks, which costs a publisher a futex wake.
     pub fn recv_blocking(&mut self) -> Result<EntryRef<T>, RecvError> {
+        // Not under loom: its models check the parking path below; the extra looks are
+        // plain `try_recv`s, and loom cannot see `Backoff`'s spins and yields.
+        #[cfg(not(herald_loom))]
+        let backoff = crossbeam_utils::Backoff::new();
         loop {
             match self.try_recv() {
                 Ok(entry) => return Ok(entry),
@@ -1000,6 +1009,11 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
                 }
                 Err(TryRecvError::Closed) => return Err(RecvError::Closed),
                 Err(TryRecvError::Empty) => {}
+            }
+            #[cfg(not(herald_loom))]
+            if !backoff.is_completed() {
+                backoff.snooze();
+                continue;
             }
             let me = thread::current();
             let waker = match &self.thread_waker {
