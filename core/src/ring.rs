@@ -293,11 +293,7 @@ impl<T> EntryRef<T> {
 
 impl<T> Clone for EntryRef<T> {
     fn clone(&self) -> Self {
-        // SAFETY: we own a count, so the entry is alive; the new count goes to the clone.
-        unsafe {
-            Entry::acquire(self.ptr.as_ptr());
-            Self::from_owned(self.ptr)
-        }
+        share(self)
     }
 }
 
@@ -686,11 +682,8 @@ impl<T: Send + Sync + 'static> Publisher<T> {
     #[inline]
     pub fn publish_observed(&self, value: T, observe: impl FnOnce(&EntryRef<T>)) -> u64 {
         let entry = Entry::new(value);
-        // SAFETY: `Entry::new` gave us its count; this one is for `observed`.
-        let observed = unsafe {
-            Entry::acquire(entry.as_ptr());
-            EntryRef::from_owned(entry)
-        };
+        // SAFETY: `Entry::new` gave us its count, which keeps it alive here.
+        let observed = share(unsafe { entry.as_ref() });
         let seq = self.shared.publish(entry);
         observe(&observed);
         seq
@@ -1224,12 +1217,13 @@ impl<T: Send + Sync + 'static> fmt::Debug for Subscriber<T> {
     }
 }
 
-/// A new count on an entry the ring lends out.
+/// A new count on `entry`, as an owned reference: for entries the ring lends out, for
+/// clones of an `EntryRef`, and for the publisher's own.
 fn share<T>(entry: &Entry<T>) -> EntryRef<T> {
     let p = NonNull::from(entry);
-    // SAFETY: every entry the ring lends out was made by `Entry::new`, and its slot or
-    // cell holds a count while the borrow (under the lender's epoch guard) lasts; the new
-    // count is handed to the `EntryRef`.
+    // SAFETY: every entry was made by `Entry::new`, and some owner holds a count while the
+    // borrow lasts (its slot or cell, under the lender's epoch guard; the `EntryRef`
+    // cloned; the publisher's own); the new count is handed to the `EntryRef`.
     unsafe {
         Entry::acquire(p.as_ptr());
         EntryRef::from_owned(p)

@@ -435,6 +435,19 @@ fn blocking_recv_wakes_on_publish_and_on_close() {
     assert_eq!(got.last(), Some(&999));
 }
 
+/// Publishes `0..n` from a new thread, letting other threads run every 64 values, then
+/// drops `p` (closing the ring if it was the last publisher).
+fn publish_0_to(p: ring::Publisher<u64>, n: u64) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        for i in 0..n {
+            p.publish(i);
+            if i % 64 == 0 {
+                thread::yield_now();
+            }
+        }
+    })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn async_recv_wakes_on_publish_and_on_close() {
     let p = ring::ring::<u64>(cfg(1 << 14, 0));
@@ -454,15 +467,7 @@ async fn async_recv_wakes_on_publish_and_on_close() {
             }
         }
     });
-    let producer = thread::spawn(move || {
-        for i in 0..10_000u64 {
-            p.publish(i);
-            if i % 64 == 0 {
-                thread::yield_now();
-            }
-        }
-    });
-    producer.join().unwrap();
+    publish_0_to(p, 10_000).join().unwrap();
     assert_eq!(reader.await.unwrap(), (10_000, 10_000 * 9_999 / 2));
 }
 
@@ -841,15 +846,7 @@ async fn recv_with_and_recv_each_wait_then_lend_everything_in_order() {
             }
         }
     });
-    let producer = thread::spawn(move || {
-        for i in 0..10_000u64 {
-            p.publish(i);
-            if i % 64 == 0 {
-                thread::yield_now();
-            }
-        }
-    });
-    producer.join().unwrap();
+    publish_0_to(p, 10_000).join().unwrap();
     let expected: Vec<u64> = (0..10_000).collect();
     assert_eq!(single.await.unwrap(), expected);
     assert_eq!(many.await.unwrap(), expected);

@@ -216,6 +216,14 @@ fn finalised(entries: &[BusEntryRef]) -> Vec<u64> {
         .collect()
 }
 
+/// Asserts that a subscriber that `missed` nothing saw blocks `0..n` finalised, in order,
+/// and each block's transfers, in order.
+fn assert_all_extracted(entries: &[BusEntryRef], missed: u64, n: u64) {
+    assert_eq!(missed, 0);
+    assert_eq!(finalised(entries), (0..n).collect::<Vec<_>>());
+    assert_eq!(transfers(entries), (0..n).map(expected).collect::<Vec<_>>());
+}
+
 /// A read-only node's bus and its running extractor, sealed, with a subscriber.
 fn read_only(
     capacity: usize,
@@ -284,13 +292,8 @@ async fn order_is_preserved_under_random_source_latencies() {
     let (entries, missed) = drain(&mut sub).await;
     join(task).await;
 
-    assert_eq!(missed, 0);
     assert_eq!(entries.len(), 2 * N as usize);
-    assert_eq!(finalised(&entries), (0..N).collect::<Vec<_>>());
-    assert_eq!(
-        transfers(&entries),
-        (0..N).map(expected).collect::<Vec<_>>()
-    );
+    assert_all_extracted(&entries, missed, N);
     // Each block's transfers come after its finalisation.
     let mut finalised_at = HashMap::new();
     for e in &entries {
@@ -712,12 +715,7 @@ async fn the_bus_stays_open_until_accepted_blocks_are_published() {
     let (entries, missed) = drain(&mut sub).await;
     join(task).await;
 
-    assert_eq!(missed, 0);
-    assert_eq!(finalised(&entries), vec![0, 1, 2]);
-    assert_eq!(
-        transfers(&entries),
-        (0..3).map(expected).collect::<Vec<_>>()
-    );
+    assert_all_extracted(&entries, missed, 3);
     assert_eq!(stats.snapshot(), clean(3, 3));
 }
 
@@ -848,11 +846,6 @@ async fn blocks_in_flight_at_the_drop_are_published_and_then_the_bus_closes_at_o
     // Closed the moment the last report (15 ms) was in and published, not later.
     assert_eq!(Instant::now() - start, Duration::from_millis(15));
     assert_eq!(source.completed(), vec![1, 2, 0]);
-    assert_eq!(missed, 0);
-    assert_eq!(finalised(&entries), vec![0, 1, 2]);
-    assert_eq!(
-        transfers(&entries),
-        (0..3).map(expected).collect::<Vec<_>>()
-    );
+    assert_all_extracted(&entries, missed, 3);
     assert_eq!(stats.snapshot(), clean(3, 3));
 }

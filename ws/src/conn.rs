@@ -608,11 +608,14 @@ mod tests {
                 ),
                 n => (usize::from(n), 2),
             };
-            let payload = &wire[at + head..at + head + len];
-            texts.push(String::from_utf8(payload.to_vec()).expect("utf-8"));
+            texts.push(text(&wire[at + head..at + head + len]));
             at += head + len;
         }
         texts
+    }
+
+    fn text(json: &[u8]) -> String {
+        String::from_utf8(json.to_vec()).expect("utf-8")
     }
 
     /// Entries of a real bus, for scripted `recv`s: `n` events with seqs `0..n`.
@@ -628,198 +631,154 @@ mod tests {
         (0..n).map(|_| sub.try_recv().expect("published")).collect()
     }
 
+    fn lagged(missed: u64, resume_seq: u64) -> TryRecvError {
+        TryRecvError::Lagged { missed, resume_seq }
+    }
+
     /// One step of a scripted `recv`: `Ok(range)` lends those entries.
     type Step = Result<std::ops::Range<usize>, TryRecvError>;
 
-    /// A `recv` that plays `script`, then reports `Empty`.
-    fn scripted(
-        entries: &[BusEntryRef],
-        script: Vec<Step>,
-    ) -> impl FnMut(Lend<'_>) -> Result<usize, TryRecvError> {
-        let mut script = script.into_iter();
-        move |lend| match script.next().unwrap_or(Err(TryRecvError::Empty)) {
-            Ok(range) => {
-                let n = range.len();
-                for entry in &entries[range] {
-                    lend(entry);
-                }
-                Ok(n)
+    /// One connection's side of `take_events` over several turns, each playing a script
+    /// of bus answers over `entries`.
+    struct Turns {
+        entries: Vec<BusEntryRef>,
+        extensions: Extensions,
+        on_lag: OnLag,
+        live: bool,
+        live_from: u64,
+        outbox: Outbox,
+        metrics: Metrics,
+    }
+
+    impl Turns {
+        fn new(query_string: Option<&str>, on_lag: OnLag, live_from: u64) -> Self {
+            Self {
+                entries: entries(40),
+                extensions: query::parse(query_string).unwrap(),
+                on_lag,
+                live: false,
+                live_from,
+                outbox: Outbox::new(),
+                metrics: Metrics::default(),
             }
-            Err(e) => Err(e),
         }
+
+        /// One turn whose `recv` plays `script`, then reports `Empty`.
+        fn take(&mut self, script: Vec<Step>) -> Taken {
+            let entries = self.entries.clone();
+            let mut script = script.into_iter();
+            let recv = move |lend: Lend<'_>| match script.next().unwrap_or(Err(TryRecvError::Empty))
+            {
+                Ok(range) => {
+                    let n = range.len();
+                    for entry in &entries[range] {
+                        lend(entry);
+                    }
+                    Ok(n)
+                }
+                Err(e) => Err(e),
+            };
+            self.take_with(recv)
+        }
+
+        fn take_with(
+            &mut self,
+            recv: impl FnMut(Lend<'_>) -> Result<usize, TryRecvError>,
+        ) -> Taken {
+            take_events(
+                recv,
+                &mut self.outbox,
+                &self.extensions,
+                self.on_lag,
+                (&mut self.live, self.live_from),
+                &self.metrics,
+            )
+        }
+
+        /// What the turns queued since the last call, as text.
+        async fn texts(&mut self) -> Vec<String> {
+            texts(&mut self.outbox).await
+        }
+
+        /// The encoding of entry `i` this connection sends.
+        fn event(&self, i: usize) -> String {
+            let entry = &self.entries[i];
+            text(if self.extensions.seq {
+                entry.json_with_seq()
+            } else {
+                entry.json()
+            })
+        }
+    }
+
+    fn notice(missed: u64, resume_seq: u64) -> String {
+        text(&lagged_message(missed, resume_seq))
     }
 
     #[tokio::test]
     async fn lags_back_to_back_are_told_as_one_notice() {
-        let entries = entries(40);
-        let metrics = Metrics::default();
-        let mut outbox = Outbox::new();
-        let mut live = false;
-        let lagged = |missed, resume_seq| TryRecvError::Lagged { missed, resume_seq };
         // `from=3`, no longer retained: lapped at 3 (moved to 20), lapped again at 20
         // (moved to 21) and at 21 (to 30), then events 30 and 31. Not the client's doing:
         // told, not closed, under `OnLag::Close`.
-        let recv = scripted(
-            &entries,
-            vec![
-                Err(lagged(17, 20)),
-                Err(lagged(1, 21)),
-                Err(lagged(9, 30)),
-                Ok(30..32),
-            ],
-        );
-        let extensions = query::parse(Some("seq=true&from=3")).unwrap();
-        let taken = take_events(
-            recv,
-            &mut outbox,
-            &extensions,
-            OnLag::Close,
-            (&mut live, 3),
-            &metrics,
-        );
-        assert_eq!(taken, Taken::Queued);
-        assert_eq!(
-            texts(&mut outbox).await,
-            [
-                String::from_utf8(lagged_message(27, 30).to_vec()).unwrap(),
-                String::from_utf8(entries[30].json_with_seq().to_vec()).unwrap(),
-                String::from_utf8(entries[31].json_with_seq().to_vec()).unwrap(),
-            ]
-        );
-        assert!(live, "30 is past the first live sequence number");
-        let snapshot = metrics.snapshot();
+        let mut c = Turns::new(Some("seq=true&from=3"), OnLag::Close, 3);
+        let script = vec![
+            Err(lagged(17, 20)),
+            Err(lagged(1, 21)),
+            Err(lagged(9, 30)),
+            Ok(30..32),
+        ];
+        assert_eq!(c.take(script), Taken::Queued);
+        assert_eq!(c.texts().await, [notice(27, 30), c.event(30), c.event(31)]);
+        assert!(c.live, "30 is past the first live sequence number");
+        let snapshot = c.metrics.snapshot();
         assert_eq!((snapshot.lagged_events, snapshot.lagged_notices), (27, 1));
 
         // Live now: the next lag closes (OnLag::Close), with nothing queued.
-        let recv = scripted(&entries, vec![Err(lagged(5, 37)), Ok(37..38)]);
-        let taken = take_events(
-            recv,
-            &mut outbox,
-            &extensions,
-            OnLag::Close,
-            (&mut live, 3),
-            &metrics,
+        assert_eq!(
+            c.take(vec![Err(lagged(5, 37)), Ok(37..38)]),
+            Taken::TooSlow { missed: 5 }
         );
-        assert_eq!(taken, Taken::TooSlow { missed: 5 });
-        assert!(outbox.is_empty());
+        assert!(c.outbox.is_empty());
     }
 
     #[tokio::test]
     async fn on_lag_close_closes_a_live_client_lapped_before_its_first_event() {
-        let entries = entries(40);
-        let metrics = Metrics::default();
-        let mut outbox = Outbox::new();
-        let mut live = false;
-        let lagged = |missed, resume_seq| TryRecvError::Lagged { missed, resume_seq };
         // Joined live at 10 (no `from=`): the startup segment's overflow (skipped range
         // before 10) is told; the lap of live events 10..14, though the client has read no
         // live event yet, closes.
-        let extensions = query::parse(None).unwrap();
-        let recv = scripted(&entries, vec![Err(lagged(5, 10)), Ok(10..11)]);
-        let taken = take_events(
-            recv,
-            &mut outbox,
-            &extensions,
-            OnLag::Close,
-            (&mut live, 10),
-            &metrics,
-        );
-        assert_eq!(taken, Taken::Queued);
+        let mut c = Turns::new(None, OnLag::Close, 10);
+        assert_eq!(c.take(vec![Err(lagged(5, 10)), Ok(10..11)]), Taken::Queued);
+        assert_eq!(c.texts().await, [notice(5, 10), c.event(10)]);
+        let mut c = Turns::new(None, OnLag::Close, 10);
         assert_eq!(
-            texts(&mut outbox).await,
-            [
-                String::from_utf8(lagged_message(5, 10).to_vec()).unwrap(),
-                String::from_utf8(entries[10].json().to_vec()).unwrap(),
-            ]
+            c.take(vec![Err(lagged(4, 14)), Ok(14..15)]),
+            Taken::TooSlow { missed: 4 }
         );
-        let mut live = false;
-        let recv = scripted(&entries, vec![Err(lagged(4, 14)), Ok(14..15)]);
-        let taken = take_events(
-            recv,
-            &mut outbox,
-            &extensions,
-            OnLag::Close,
-            (&mut live, 10),
-            &metrics,
-        );
-        assert_eq!(taken, Taken::TooSlow { missed: 4 });
-        assert!(outbox.is_empty());
+        assert!(c.outbox.is_empty());
         // The same lap under `from=10` is the resume point no longer retained: told.
-        let from = query::parse(Some("from=10")).unwrap();
-        let recv = scripted(&entries, vec![Err(lagged(4, 14)), Ok(14..15)]);
-        let taken = take_events(
-            recv,
-            &mut outbox,
-            &from,
-            OnLag::Close,
-            (&mut live, 10),
-            &metrics,
-        );
-        assert_eq!(taken, Taken::Queued);
-        assert_eq!(
-            texts(&mut outbox).await,
-            [
-                String::from_utf8(lagged_message(4, 14).to_vec()).unwrap(),
-                String::from_utf8(entries[14].json().to_vec()).unwrap(),
-            ]
-        );
+        let mut c = Turns::new(Some("from=10"), OnLag::Close, 10);
+        assert_eq!(c.take(vec![Err(lagged(4, 14)), Ok(14..15)]), Taken::Queued);
+        assert_eq!(c.texts().await, [notice(4, 14), c.event(14)]);
     }
 
     #[tokio::test]
     async fn a_lag_is_told_before_the_close_and_when_the_bus_goes_quiet() {
-        let entries = entries(8);
-        let metrics = Metrics::default();
-        let mut outbox = Outbox::new();
-        let mut live = false;
-        let lagged = |missed, resume_seq| TryRecvError::Lagged { missed, resume_seq };
-        let extensions = query::parse(None).unwrap();
+        let mut c = Turns::new(None, OnLag::Notify, 0);
         // Lagged twice, then nothing to read yet: one notice now, not with the next event.
-        let recv = scripted(&entries, vec![Err(lagged(2, 4)), Err(lagged(1, 5))]);
-        let taken = take_events(
-            recv,
-            &mut outbox,
-            &extensions,
-            OnLag::Notify,
-            (&mut live, 0),
-            &metrics,
-        );
-        assert_eq!(taken, Taken::Queued);
         assert_eq!(
-            texts(&mut outbox).await,
-            [String::from_utf8(lagged_message(3, 5).to_vec()).unwrap()]
+            c.take(vec![Err(lagged(2, 4)), Err(lagged(1, 5))]),
+            Taken::Queued
         );
+        assert_eq!(c.texts().await, [notice(3, 5)]);
         // Lagged, then the bus closed: the notice comes before the close.
-        let recv = scripted(&entries, vec![Err(lagged(4, 9)), Err(TryRecvError::Closed)]);
-        let taken = take_events(
-            recv,
-            &mut outbox,
-            &extensions,
-            OnLag::Notify,
-            (&mut live, 0),
-            &metrics,
-        );
-        assert_eq!(taken, Taken::Closed);
-        assert_eq!(
-            texts(&mut outbox).await,
-            [String::from_utf8(lagged_message(4, 9).to_vec()).unwrap()]
-        );
+        let script = vec![Err(lagged(4, 9)), Err(TryRecvError::Closed)];
+        assert_eq!(c.take(script), Taken::Closed);
+        assert_eq!(c.texts().await, [notice(4, 9)]);
         // A bus that laps the client at every look: after MAX_LAG_LOOKS looks the merged
         // lag is told and the loop returns (the next turn goes on).
-        let recv = |_: Lend<'_>| Err(lagged(1, 100));
-        let taken = take_events(
-            recv,
-            &mut outbox,
-            &extensions,
-            OnLag::Notify,
-            (&mut live, 0),
-            &metrics,
-        );
-        assert_eq!(taken, Taken::Queued);
-        assert_eq!(
-            texts(&mut outbox).await,
-            [String::from_utf8(lagged_message(MAX_LAG_LOOKS as u64, 100).to_vec()).unwrap()]
-        );
-        let snapshot = metrics.snapshot();
+        assert_eq!(c.take_with(|_| Err(lagged(1, 100))), Taken::Queued);
+        assert_eq!(c.texts().await, [notice(MAX_LAG_LOOKS as u64, 100)]);
+        let snapshot = c.metrics.snapshot();
         assert_eq!(snapshot.lagged_notices, 3);
         assert_eq!(snapshot.lagged_events, 3 + 4 + MAX_LAG_LOOKS as u64);
     }
