@@ -8,3 +8,4 @@
 
 pub mod loadgen;
 pub mod payload;
+pub mod stream;

@@ -54,11 +54,9 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::io;
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
@@ -67,7 +65,8 @@ use herald_bench::loadgen::{
     Frame, Sample, SeqTracker, Summary, classify, fanout_latency, percentiles, schedule_latency,
     upgrade_percentiles,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use herald_bench::stream::Prefixed;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Semaphore, watch};
 
@@ -159,48 +158,8 @@ fn raise_nofile_limit(want: u64) -> Result<u64, String> {
     Ok(raised.rlim_cur)
 }
 
-/// A stream that first yields bytes read past the HTTP response head.
-struct Prefixed {
-    prefix: Vec<u8>,
-    at: usize,
-    inner: TcpStream,
-}
-
-impl AsyncRead for Prefixed {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        if self.at < self.prefix.len() {
-            let n = (self.prefix.len() - self.at).min(buf.remaining());
-            let at = self.at;
-            buf.put_slice(&self.prefix[at..at + n]);
-            self.at += n;
-            return Poll::Ready(Ok(()));
-        }
-        Pin::new(&mut self.inner).poll_read(cx, buf)
-    }
-}
-
-impl AsyncWrite for Prefixed {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
 /// Connects and upgrades with a minimal HTTP/1.1 request.
-async fn connect(target: &Target) -> Result<WebSocket<Prefixed>, String> {
+async fn connect(target: &Target) -> Result<WebSocket<Prefixed<TcpStream>>, String> {
     let mut tcp = TcpStream::connect(&target.host_port)
         .await
         .map_err(|e| format!("connect {}: {e}", target.host_port))?;
@@ -238,11 +197,7 @@ async fn connect(target: &Target) -> Result<WebSocket<Prefixed>, String> {
             String::from_utf8_lossy(status_line)
         ));
     }
-    let stream = Prefixed {
-        prefix: buf.split_off(head_end),
-        at: 0,
-        inner: tcp,
-    };
+    let stream = Prefixed::new(buf.split_off(head_end), tcp);
     let mut ws = WebSocket::after_handshake(stream, Role::Client);
     ws.set_auto_close(true);
     ws.set_auto_pong(true);
