@@ -47,7 +47,9 @@ fn leading_u64(bytes: &[u8]) -> Option<u64> {
     if digits == 0 || digits > 20 {
         return None;
     }
-    std::str::from_utf8(&bytes[..digits]).ok()?.parse().ok()
+    bytes[..digits].iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// The value of `"key":<integer>` somewhere in `bytes`.

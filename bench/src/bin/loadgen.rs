@@ -268,10 +268,14 @@ async fn run_connection(
     let mut tracker = SeqTracker::new();
     let mut window_start: Option<SeqTracker> = None;
     let mut window_end: Option<SeqTracker> = None;
+    // One stop future for the whole connection: making (and dropping) a fresh
+    // `changed()` future per frame cost the load generator about 5 % of its CPU.
+    let stopped = stop.changed();
+    tokio::pin!(stopped);
     loop {
         let frame = tokio::select! {
             biased;
-            _ = stop.changed() => break,
+            _ = &mut stopped => break,
             frame = ws.read_frame() => frame,
         };
         let frame = match frame {
