@@ -373,6 +373,16 @@ mod tests {
     }
 
     #[test]
+    fn leading_integers_parse_up_to_u64_max_and_no_further() {
+        assert_eq!(leading_u64(b"42,\"x\":1"), Some(42));
+        assert_eq!(leading_u64(b"18446744073709551615}"), Some(u64::MAX));
+        assert_eq!(leading_u64(b"18446744073709551616}"), None);
+        assert_eq!(leading_u64(b"184467440737095516150"), None);
+        assert_eq!(leading_u64(b"-1"), None);
+        assert_eq!(leading_u64(b""), None);
+    }
+
+    #[test]
     fn classifies_every_message_kind() {
         assert_eq!(classify(&started_message()).unwrap(), Frame::Started);
         assert_eq!(
