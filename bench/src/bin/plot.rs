@@ -234,6 +234,8 @@ fn line_plot(
 /// herald in warm colours, what it is compared with in blue/grey, the rest from a palette.
 fn series_color(name: &str, i: usize) -> RGBAColor {
     let max = name.contains("rate=max");
+    // Fixed rates: 1000/s (the issue's) in the full colour, any other in a lighter one.
+    let other_rate = !max && name.contains("rate=") && !name.contains("rate=1000");
     if name.starts_with("herald_many") {
         RGBColor(230, 120, 0).to_rgba()
     } else if name.starts_with("herald_each") {
@@ -243,6 +245,8 @@ fn series_color(name: &str, i: usize) -> RGBAColor {
     } else if name.starts_with("herald") {
         if max {
             RGBColor(120, 0, 0)
+        } else if other_rate {
+            RGBColor(250, 150, 110)
         } else {
             RGBColor(220, 30, 30)
         }
@@ -250,6 +254,8 @@ fn series_color(name: &str, i: usize) -> RGBAColor {
     } else if name.starts_with("tokio") || name.starts_with("baseline") {
         if max {
             RGBColor(40, 40, 40)
+        } else if other_rate {
+            RGBColor(120, 190, 250)
         } else {
             RGBColor(30, 90, 220)
         }
