@@ -32,6 +32,10 @@ MUTANTS=(
     # Giving up an entry's count is Relaxed: the owner that frees it does not see the other
     # owners' reads of it happen first (m1, m2, m6: the payload's drop writes its body).
     relaxed_release
+    # A subscriber dropped while parked sweeps the wait stack but frees the nodes without
+    # waking them: a live subscriber whose node it took never hears of the next value
+    # (m4, the sweep model).
+    sweep_forgets_wake
 )
 
 unset RUSTC_WORKSPACE_WRAPPER

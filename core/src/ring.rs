@@ -90,7 +90,11 @@
 //! it wakes the subscriber, or the subscriber's re-check comes after the write and finds
 //! the value. When nobody is parked the publisher does one load and no syscall. Taking the
 //! whole stack is one `swap`; each node carries an `AtomicWaker` and a `queued` flag so it
-//! sits in at most one stack.
+//! sits in at most one stack. A subscriber dropped while parked leaves its node there
+//! (without its waker) until the next publish takes the stack; so that a ring nobody
+//! publishes to does not collect them, every `max(64, live subscribers)`-th such drop
+//! takes the stack itself, exactly as a publisher would, and parked subscribers get a
+//! spurious wakeup and park again.
 //!
 //! **Receiving.** [`Subscriber::try_recv`], [`recv`](Subscriber::recv) and
 //! [`recv_many`](Subscriber::recv_many) hand out [`EntryRef`]s: one reference count taken
@@ -126,6 +130,9 @@ const CLOSED: u64 = 1 << 62;
 const SEQ_MASK: u64 = CLOSED - 1;
 /// `seal_point` before the seal.
 const UNSEALED: u64 = u64::MAX;
+/// Fewest dropped-while-parked subscribers whose nodes a dropping subscriber sweeps off the
+/// `waiters` stack (`Drop for Subscriber`); 1 under loom, so the models check the sweep.
+const STALE_SWEEP: usize = if cfg!(herald_loom) { 1 } else { 64 };
 
 /// Sizes of a ring.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -423,8 +430,12 @@ struct Shared<T> {
     waiters: CachePadded<WaitStack>,
     /// Live `Publisher` handles.
     publishers: AtomicUsize,
-    /// Live `Subscriber`s (statistics only).
+    /// Live `Subscriber`s (statistics, and the sweep threshold below).
     subscribers: AtomicUsize,
+    /// Subscribers dropped while their node was still on `waiters` since the last sweep
+    /// (an upper bound: a publisher's `wake_all` frees such nodes without counting them).
+    /// On a ring nobody publishes to, nothing else would ever free those nodes.
+    stale_waiters: AtomicUsize,
     /// Sum of reported `missed` (statistics only).
     lagged: AtomicU64,
     reclaim: Reclaimer,
@@ -469,6 +480,7 @@ pub fn ring<T: Send + Sync + 'static>(config: RingConfig) -> Publisher<T> {
             waiters: CachePadded::new(WaitStack::new()),
             publishers: AtomicUsize::new(1),
             subscribers: AtomicUsize::new(0),
+            stale_waiters: AtomicUsize::new(0),
             lagged: AtomicU64::new(0),
             reclaim: Reclaimer::new(),
         }),
@@ -1203,8 +1215,32 @@ impl<T: Send + Sync + 'static> Drop for Subscriber<T> {
         // Our node may still be on the `waiters` stack until the next publish; it must not
         // keep our (possibly large) task alive until then, only its own few bytes.
         self.node.waker.clear();
-        // Relaxed: statistics only.
-        self.shared.subscribers.fetch_sub(1, Ordering::Relaxed);
+        // Relaxed: a count for statistics and the threshold below; nothing is published
+        // through it.
+        let live = self.shared.subscribers.fetch_sub(1, Ordering::Relaxed) - 1;
+        // Left on the stack, our node waits for the next publish to be freed; with
+        // connections coming and going on a quiet node those nodes pile up. Every
+        // `max(STALE_SWEEP, live)` such drops, the dropping subscriber takes the stack
+        // itself, as a publisher would: dead nodes are freed, parked subscribers get a
+        // spurious wakeup (at most one per drop, amortized) and park again.
+        if self.node.is_queued() {
+            // Relaxed: a heuristic count; the sweep's own `wake_all` is what synchronizes.
+            let stale = self.shared.stale_waiters.fetch_add(1, Ordering::Relaxed) + 1;
+            if stale >= STALE_SWEEP.max(live)
+                && self
+                    .shared
+                    .stale_waiters
+                    .compare_exchange(stale, 0, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                #[cfg(not(herald_mutant = "sweep_forgets_wake"))]
+                self.shared.waiters.wake_all();
+                // Deliberate bug for loom-tests/mutants.sh: takes the stack and frees the
+                // nodes without waking the live subscribers among them.
+                #[cfg(herald_mutant = "sweep_forgets_wake")]
+                self.shared.waiters.take_all_without_waking();
+            }
+        }
     }
 }
 
@@ -1393,5 +1429,63 @@ impl<T: Send + Sync + 'static, F: FnMut(&Entry<T>)> Future for RecvEach<'_, T, F
             Some(Ok(n)) => Poll::Ready(Ok(n)),
             Some(Err(e)) => Poll::Ready(Err(to_recv_error(e))),
         }
+    }
+}
+
+#[cfg(all(test, not(herald_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize as Count;
+
+    /// Counts its wakeups.
+    struct CountingWaker(Count);
+
+    impl std::task::Wake for CountingWaker {
+        fn wake(self: std::sync::Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Polls a `recv` once, which must park (nothing to read).
+    fn park<T: Send + Sync + 'static>(sub: &mut Subscriber<T>, waker: &Waker) {
+        let mut cx = Context::from_waker(waker);
+        let mut recv = sub.recv();
+        assert!(Pin::new(&mut recv).poll(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn subscribers_dropped_while_parked_do_not_pile_up_on_a_quiet_ring() {
+        let publisher = ring::<u64>(RingConfig {
+            capacity: 8,
+            startup_capacity: 0,
+        });
+        publisher.seal_startup();
+        let wakes = std::sync::Arc::new(CountingWaker(Count::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut live = publisher.subscribe();
+        park(&mut live, &waker);
+        let mut most = 0;
+        for _ in 0..1000 {
+            let mut gone = publisher.subscribe();
+            park(&mut gone, Waker::noop());
+            drop(gone);
+            most = most.max(publisher.shared.waiters.len());
+        }
+        // The live node and up to `STALE_SWEEP - 1` dead ones between drops. Without the
+        // sweep: 1001 nodes, one per subscriber that ever parked.
+        assert_eq!(most, STALE_SWEEP, "most nodes on the stack after a drop");
+        // The first sweep woke the live subscriber (spuriously) and took its node off the
+        // stack; not polled since, it was not on the stack for the later sweeps. It parks
+        // again and is woken by, and receives, the next value.
+        let spurious = wakes.0.load(Ordering::SeqCst);
+        assert_eq!(spurious, 1);
+        park(&mut live, &waker);
+        publisher.publish(7);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), spurious + 1);
+        assert_eq!(**live.try_recv().unwrap(), 7);
+        assert_eq!(live.try_recv().unwrap_err(), TryRecvError::Empty);
     }
 }

@@ -66,3 +66,40 @@ fn recv_with_is_woken() {
         assert_eq!(reader.join().unwrap(), Ok((0, LABEL)));
     });
 }
+
+/// The sweep: a subscriber dropped while parked leaves its node on the wait stack, and
+/// under loom every such drop takes the stack itself (`STALE_SWEEP` is 1), waking whoever
+/// is on it. A live subscriber parking meanwhile, and a publish, must still end with it
+/// woken and holding the value: the sweep races its push and the publisher's check of the
+/// stack, and may take its node before the publisher looks.
+#[test]
+fn sweep_by_a_dropped_subscriber_loses_no_wakeup() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Waker};
+
+    check("sweep_by_a_dropped_subscriber_loses_no_wakeup", || {
+        let publisher = ring::<Payload>(RingConfig {
+            capacity: 2,
+            startup_capacity: 0,
+        });
+        let mut sub = publisher.subscribe();
+        let mut gone = publisher.subscribe();
+        {
+            // Parks `gone`: its node goes on the stack.
+            let mut recv = gone.recv();
+            let mut cx = Context::from_waker(Waker::noop());
+            assert!(Pin::new(&mut recv).poll(&mut cx).is_pending());
+        }
+        let reader = thread::spawn(move || {
+            let mut t = Transcript::default();
+            assert_eq!(t.record_recv(block_on(sub.recv())), Step::Value);
+            t
+        });
+        let dropper = thread::spawn(move || drop(gone));
+        assert_eq!(publisher.publish(Payload::new(LABEL)), 0);
+        dropper.join().unwrap();
+        let t = reader.join().unwrap();
+        assert_eq!(t.verify(0, 1, |seq| LABEL + seq), (1, 0));
+    });
+}

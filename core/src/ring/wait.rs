@@ -144,6 +144,30 @@ impl WaitNode {
             queued: AtomicBool::new(false),
         }
     }
+
+    /// Whether the node is on a stack no publisher has taken yet. A hint: it may change
+    /// the moment after.
+    pub(crate) fn is_queued(&self) -> bool {
+        // Relaxed: only a hint (what `Drop for Subscriber` counts); nothing is read on the
+        // strength of it.
+        self.queued.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(all(test, not(herald_loom)))]
+impl WaitStack {
+    /// Nodes on the stack now; only meaningful while nobody pushes or takes.
+    pub(crate) fn len(&self) -> usize {
+        let mut n = 0;
+        // Acquire: pairs with push's Release CAS, so `next` is visible.
+        let mut p = self.head.load(Ordering::Acquire);
+        while !p.is_null() {
+            n += 1;
+            // SAFETY: nodes on the stack are kept alive by the count the stack owns.
+            p = unsafe { (*p).next.load(Ordering::Relaxed) };
+        }
+        n
+    }
 }
 
 /// Treiber stack of parked subscribers. Only pushes and take-all: no ABA.
@@ -211,6 +235,23 @@ impl WaitStack {
             // models and never push again; an RMW keeps loom's modification order exact.
             node.queued.swap(false, Ordering::Release);
             node.waker.wake();
+        }
+    }
+}
+
+#[cfg(herald_mutant = "sweep_forgets_wake")]
+impl WaitStack {
+    /// `wake_all` without the wakes: the bug `loom-tests/mutants.sh` plants in the sweep.
+    pub(crate) fn take_all_without_waking(&self) {
+        // Acquire: as in `wake_all`.
+        let mut p = self.head.swap(ptr::null_mut(), Ordering::Acquire);
+        while !p.is_null() {
+            // SAFETY: as in `wake_all`.
+            let node = unsafe { Arc::from_raw(p) };
+            // Relaxed: as in `wake_all`.
+            p = node.next.load(Ordering::Relaxed);
+            // Release: as in `wake_all`.
+            node.queued.swap(false, Ordering::Release);
         }
     }
 }
