@@ -48,7 +48,9 @@
 //!
 //! When the function returns, everything the connection owned is dropped with it: the
 //! subscriber (so the bus's subscriber count goes down), both socket halves, the buffers.
-//! It spawns no task.
+//! It spawns no task. ([`run`], before it, spawns one when the handshake was answered on
+//! [`serve`](crate::serve)'s handshake thread: the connection moves to the streaming
+//! runtime.)
 
 use std::future::poll_fn;
 
@@ -68,7 +70,7 @@ use std::sync::Arc;
 use crate::frame::{Inbound, Outbox, Parser, close_code};
 use crate::metrics::{self, Metrics};
 use crate::query::Extensions;
-use crate::server::{CLOSE_TIMEOUT, OnLag, ServerConfig, Shared};
+use crate::server::{CLOSE_TIMEOUT, OnLag, ServerConfig, Shared, StreamSlot};
 
 /// The connection stops reading the client while this many of its control frames (pongs,
 /// close) wait to be written: a client that pings without reading cannot grow the queue.
@@ -86,26 +88,48 @@ const WRITE_STINT: u64 = 256 * 1024;
 /// a server may hold 10,000 connections; a larger frame grows the buffer as it arrives.
 const READ_CHUNK: usize = 1024;
 
-/// Runs a connection on the upgraded socket. Takes the TCP stream apart when the server is
-/// hyper over a plain `TcpStream` (the usual case: owned halves, no lock between reader and
-/// writer); any other transport is split generically.
+/// Runs a connection on the upgraded socket, holding its stream `slot` until it ends.
+/// Takes the TCP stream apart when the server is hyper over a plain `TcpStream` (the usual
+/// case: owned halves, no lock between reader and writer); any other transport is split
+/// generically. When the server streams on another runtime than the one that answered the
+/// handshake ([`serve`](crate::serve)'s handshake thread), a TCP stream moves to that
+/// runtime's reactor first and runs there.
 pub(crate) async fn run(
     io: TokioIo<Upgraded>,
     subscriber: BusSubscriber,
     extensions: Extensions,
     shutdown: watch::Receiver<bool>,
-    shared: &Arc<Shared>,
+    slot: StreamSlot,
+    shared: Arc<Shared>,
 ) {
-    let (config, metrics) = (&shared.config, &*shared.metrics);
     match io.into_inner().downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
-            let (reader, writer) = parts.io.into_inner().into_split();
+            let tcp = parts.io.into_inner();
             // Bytes the client sent right after its request, read by hyper already.
             let input = BytesMut::from(&parts.read_buf[..]);
-            stream_events(
-                reader, writer, input, subscriber, extensions, config, metrics, shutdown,
-            )
-            .await;
+            let Some(runtime) = shared.streams.clone() else {
+                stream_tcp(tcp, input, subscriber, extensions, shutdown, &shared).await;
+                drop(slot);
+                return;
+            };
+            // Off this runtime's reactor, onto the streaming one's (`from_std` registers it
+            // with the reactor of the runtime it is called on).
+            let tcp = match tcp.into_std() {
+                Ok(tcp) => tcp,
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot hand the connection over");
+                    return;
+                }
+            };
+            runtime.spawn(async move {
+                match TcpStream::from_std(tcp) {
+                    Ok(tcp) => {
+                        stream_tcp(tcp, input, subscriber, extensions, shutdown, &shared).await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot take the connection over"),
+                }
+                drop(slot);
+            });
         }
         Err(upgraded) => {
             let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
@@ -115,13 +139,37 @@ pub(crate) async fn run(
                 BytesMut::new(),
                 subscriber,
                 extensions,
-                config,
-                metrics,
+                &shared.config,
+                &shared.metrics,
                 shutdown,
             )
             .await;
+            drop(slot);
         }
     }
+}
+
+/// [`stream_events`] on a TCP stream's owned halves.
+async fn stream_tcp(
+    tcp: TcpStream,
+    input: BytesMut,
+    subscriber: BusSubscriber,
+    extensions: Extensions,
+    shutdown: watch::Receiver<bool>,
+    shared: &Shared,
+) {
+    let (reader, writer) = tcp.into_split();
+    stream_events(
+        reader,
+        writer,
+        input,
+        subscriber,
+        extensions,
+        &shared.config,
+        &shared.metrics,
+        shutdown,
+    )
+    .await;
 }
 
 /// Where the connection is in its life.

@@ -153,18 +153,11 @@ fn events<B>(shared: &Arc<Shared>, mut request: Request<B>) -> Answer {
     tokio::spawn(async move {
         match upgrade.await {
             Ok(websocket) => {
-                crate::conn::run(
-                    websocket.into_inner(),
-                    subscriber,
-                    extensions,
-                    shutdown,
-                    &shared,
-                )
-                .await;
+                let io = websocket.into_inner();
+                crate::conn::run(io, subscriber, extensions, shutdown, slot, shared).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade did not complete"),
         }
-        drop(slot);
     });
     let (parts, _) = switching.into_parts();
     Response::from_parts(parts, Full::new(Bytes::new()))

@@ -18,7 +18,8 @@
 //!
 //! Who does what: [`crate::http`] answers every HTTP request (SPEC section 1) and, for a valid
 //! upgrade, subscribes to the bus and spawns the connection; `conn.rs` runs it
-//! (SPEC sections 2 to 5); [`crate::metrics`] counts.
+//! (SPEC sections 2 to 5); [`crate::metrics`] counts. [`serve`] answers HTTP on a thread of
+//! its own and streams on the caller's runtime.
 
 use std::convert::Infallible;
 use std::fmt;
@@ -36,7 +37,8 @@ use hyper::server::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::runtime::Handle;
+use tokio::sync::{Notify, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -190,6 +192,10 @@ pub(crate) struct Shared {
     pub(crate) shutdown: watch::Sender<bool>,
     /// Notified when the last stream ends.
     idle: Notify,
+    /// The runtime streams run on when it is not the one answering HTTP ([`serve`]'s
+    /// handshake thread hands every upgraded connection to the caller's runtime). `None`:
+    /// they run where their handshake did.
+    pub(crate) streams: Option<tokio::runtime::Handle>,
 }
 
 /// One of `max_connections` stream slots, held from the `101` answer until the connection
@@ -276,6 +282,15 @@ impl EventsService {
     /// A service streaming `bus`. Zero durations or `write_batch` in `config` (which
     /// [`ServerConfig::validate`] refuses) are raised to 1 ms and 1 event.
     pub fn new(bus: BusTap, config: ServerConfig) -> Self {
+        Self::streaming_on(bus, config, None)
+    }
+
+    /// As [`new`](Self::new); upgraded connections stream on `streams` when given.
+    fn streaming_on(
+        bus: BusTap,
+        config: ServerConfig,
+        streams: Option<tokio::runtime::Handle>,
+    ) -> Self {
         Self {
             shared: Arc::new(Shared {
                 bus,
@@ -283,6 +298,7 @@ impl EventsService {
                 metrics: Arc::new(Metrics::default()),
                 shutdown: watch::Sender::new(false),
                 idle: Notify::new(),
+                streams,
             }),
         }
     }
@@ -358,10 +374,19 @@ pub fn axum_router(bus: BusTap, config: ServerConfig) -> axum::Router {
 /// Accepts on `listener` until `shutdown` resolves, then closes every connection with 1001
 /// and returns within 2 s.
 ///
+/// HTTP is answered on a thread of its own (`herald-handshakes`, a single-threaded
+/// runtime): accepting, reading requests, the `101` and the other answers never wait
+/// behind the streams. Each upgraded connection then moves to the runtime `serve` was
+/// called on and streams there. With a thousand busy streams sharing the runtime, a new
+/// client's `101` used to wait its turn behind all of them (p99 0.3-0.7 s at 1000
+/// connections on two cores, bench/RESULTS.md); [`EventsService`] mounted in another
+/// server keeps that server's arrangement.
+///
 /// # Errors
 ///
-/// `InvalidInput` when `config` fails [`ServerConfig::validate`]. Accept errors (such as
-/// running out of file descriptors) are logged and retried, never returned.
+/// `InvalidInput` when `config` fails [`ServerConfig::validate`]; the OS error when the
+/// handshake thread or its runtime cannot be started. Accept errors (such as running out
+/// of file descriptors) are logged and retried, never returned.
 pub async fn serve(
     listener: TcpListener,
     bus: BusTap,
@@ -371,6 +396,49 @@ pub async fn serve(
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let service = EventsService::streaming_on(bus, config, Some(Handle::current()));
+    let listener = listener.into_std()?;
+    let (answered, handshakes_done) = oneshot::channel();
+    let handshakes = service.clone();
+    std::thread::Builder::new()
+        .name("herald-handshakes".to_owned())
+        .spawn(move || {
+            let result = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|runtime| {
+                    runtime.block_on(async move {
+                        let listener = TcpListener::from_std(listener)?;
+                        accept(listener, &handshakes, shutdown).await;
+                        Ok(())
+                    })
+                });
+            let _ = answered.send(result);
+        })?;
+    let accepted = handshakes_done
+        .await
+        .unwrap_or_else(|_| Err(std::io::Error::other("the handshake thread panicked")));
+    // Streams that are still open get their 1001 (`accept` signalled the shutdown).
+    let started = Instant::now();
+    service.shutdown();
+    let remaining = SHUTDOWN_GRACE.saturating_sub(started.elapsed());
+    if !service.wait_idle(remaining).await {
+        tracing::warn!(
+            open = service.metrics().snapshot().connections,
+            "connections still closing at shutdown deadline"
+        );
+    }
+    accepted
+}
+
+/// The handshake thread's loop: accepts and answers HTTP until `shutdown` resolves, then
+/// stops accepting, signals the streams to close and drops the handshakes in progress.
+async fn accept(
+    listener: TcpListener,
+    service: &EventsService,
+    shutdown: impl Future<Output = ()>,
+) {
+    let config = &service.shared.config;
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(config.handshake_timeout)
@@ -379,7 +447,6 @@ pub async fn serve(
         // EOF before the answer is written, and the answer is lost (or not: it is a race).
         .half_close(true)
         .max_buf_size(16 * 1024);
-    let service = EventsService::new(bus, config);
     // HTTP connections before their upgrade (or serving /metrics and /healthz).
     let mut handshakes = JoinSet::new();
     tokio::pin!(shutdown);
@@ -408,17 +475,8 @@ pub async fn serve(
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
         }
     }
-    let started = Instant::now();
     drop(listener);
     service.shutdown();
     // Requests still in their handshake are dropped; streams get their 1001.
     handshakes.shutdown().await;
-    let remaining = SHUTDOWN_GRACE.saturating_sub(started.elapsed());
-    if !service.wait_idle(remaining).await {
-        tracing::warn!(
-            open = service.metrics().snapshot().connections,
-            "connections still closing at shutdown deadline"
-        );
-    }
-    Ok(())
 }

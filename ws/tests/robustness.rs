@@ -314,3 +314,61 @@ async fn a_slow_reader_whose_pong_waits_behind_events_is_not_dropped() {
     assert_eq!(server.metric("herald_ws_ping_timeouts_total").await, 0);
     server.wait_subscribers(1).await;
 }
+
+/// `serve` answers HTTP on its own thread: a client gets its `101` while every worker of
+/// the runtime the streams run on is busy, and its stream (`started`, the replay, live
+/// events) starts once a worker is free. Before, the handshake queued behind the busy
+/// streams (bench/RESULTS.md: 0.3-0.7 s at p99 with 1000 of them on two cores); here the
+/// only worker is blocked outright, so the `101` can only come from another thread.
+#[test]
+fn handshakes_are_answered_while_every_streaming_worker_is_busy() {
+    let streams = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client_side = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut server = streams.block_on(TestServer::start(node(64), ServerConfig::default()));
+    // The server is up (its handshake thread answers) before the worker is taken.
+    let health = client_side.block_on(http(
+        server.addr,
+        "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n",
+    ));
+    assert_eq!(health.status, 200);
+
+    let (blocked_tx, blocked_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    streams.spawn(async move {
+        blocked_tx.send(()).unwrap();
+        // Holds the runtime's only worker until the test lets go.
+        release_rx.recv().unwrap();
+    });
+    blocked_rx.recv().unwrap();
+
+    // Three handshakes in a row, all answered while the worker stays blocked.
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        // `connect` asserts the 101 and its headers; `within` fails the test, not hang it.
+        clients.push(client_side.block_on(within(
+            "a 101 while the streaming worker is blocked",
+            Client::connect(server.addr, "/ws/events"),
+        )));
+    }
+    // Each handshake subscribed before its 101 left.
+    assert_eq!(server.bus.stats().subscribers, 3);
+    release_tx.send(()).unwrap();
+    client_side.block_on(async {
+        for client in &mut clients {
+            client.expect_started().await;
+            client.expect_events(&startup_events()).await;
+        }
+        server.bus.publish(live_event(0));
+        for client in &mut clients {
+            client.expect_events(&[live_event(0)]).await;
+        }
+    });
+    streams.block_on(server.stop());
+}
