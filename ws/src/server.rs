@@ -396,7 +396,10 @@ pub async fn serve(
     config
         .validate()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
-    let service = EventsService::streaming_on(bus, config, Some(Handle::current()));
+    let streams = Handle::try_current().map_err(|e| {
+        std::io::Error::other(format!("serve needs a tokio runtime to stream on: {e}"))
+    })?;
+    let service = EventsService::streaming_on(bus, config, Some(streams));
     let listener = listener.into_std()?;
     let (answered, handshakes_done) = oneshot::channel();
     let handshakes = service.clone();

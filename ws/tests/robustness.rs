@@ -372,3 +372,36 @@ fn handshakes_are_answered_while_every_streaming_worker_is_busy() {
     });
     streams.block_on(server.stop());
 }
+
+/// `serve` polled outside any tokio runtime (another executor) returns a clear error
+/// instead of panicking: it needs a runtime to hand its streams to.
+#[test]
+fn serve_outside_a_tokio_runtime_is_an_error_not_a_panic() {
+    use std::future::Future;
+    use std::pin::Pin;
+    use std::task::{Context, Poll, Waker};
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .unwrap();
+    let bus = node(64);
+    let mut serving = Box::pin(herald_ws::serve(
+        listener,
+        bus.tap(),
+        ServerConfig::default(),
+        std::future::pending(),
+    ));
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(&mut serving).poll(&mut cx) {
+        Poll::Ready(Err(e)) => assert!(
+            e.to_string().contains("serve needs a tokio runtime"),
+            "unexpected error: {e}"
+        ),
+        Poll::Ready(Ok(())) => panic!("serve returned Ok outside a runtime"),
+        Poll::Pending => panic!("serve waited outside a runtime"),
+    }
+}
