@@ -378,7 +378,7 @@ pub fn axum_router(bus: BusTap, config: ServerConfig) -> axum::Router {
 /// runtime): accepting, reading requests, the `101` and the other answers never wait
 /// behind the streams. Each upgraded connection then moves to the runtime `serve` was
 /// called on and streams there. With a thousand busy streams sharing the runtime, a new
-/// client's `101` used to wait its turn behind all of them (p99 0.3-0.7 s at 1000
+/// client's `101` used to wait its turn behind all of them (p99 up to 0.8 s at 1000
 /// connections on two cores, bench/RESULTS.md); [`EventsService`] mounted in another
 /// server keeps that server's arrangement.
 ///

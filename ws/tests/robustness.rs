@@ -318,7 +318,7 @@ async fn a_slow_reader_whose_pong_waits_behind_events_is_not_dropped() {
 /// `serve` answers HTTP on its own thread: a client gets its `101` while every worker of
 /// the runtime the streams run on is busy, and its stream (`started`, the replay, live
 /// events) starts once a worker is free. Before, the handshake queued behind the busy
-/// streams (bench/RESULTS.md: 0.3-0.7 s at p99 with 1000 of them on two cores); here the
+/// streams (bench/RESULTS.md: up to 0.8 s at p99 with 1000 of them on two cores); here the
 /// only worker is blocked outright, so the `101` can only come from another thread.
 #[test]
 fn handshakes_are_answered_while_every_streaming_worker_is_busy() {
