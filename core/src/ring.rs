@@ -430,12 +430,8 @@ struct Shared<T> {
     waiters: CachePadded<WaitStack>,
     /// Live `Publisher` handles.
     publishers: AtomicUsize,
-    /// Live `Subscriber`s (statistics, and the sweep threshold below).
+    /// Live `Subscriber`s (statistics, and the threshold of the wait stack's sweep).
     subscribers: AtomicUsize,
-    /// Subscribers dropped while their node was still on `waiters` since the last sweep
-    /// (an upper bound: a publisher's `wake_all` frees such nodes without counting them).
-    /// On a ring nobody publishes to, nothing else would ever free those nodes.
-    stale_waiters: AtomicUsize,
     /// Sum of reported `missed` (statistics only).
     lagged: AtomicU64,
     reclaim: Reclaimer,
@@ -480,7 +476,6 @@ pub fn ring<T: Send + Sync + 'static>(config: RingConfig) -> Publisher<T> {
             waiters: CachePadded::new(WaitStack::new()),
             publishers: AtomicUsize::new(1),
             subscribers: AtomicUsize::new(0),
-            stale_waiters: AtomicUsize::new(0),
             lagged: AtomicU64::new(0),
             reclaim: Reclaimer::new(),
         }),
@@ -1223,23 +1218,13 @@ impl<T: Send + Sync + 'static> Drop for Subscriber<T> {
         // `max(STALE_SWEEP, live)` such drops, the dropping subscriber takes the stack
         // itself, as a publisher would: dead nodes are freed, parked subscribers get a
         // spurious wakeup (at most one per drop, amortized) and park again.
-        if self.node.is_queued() {
-            // Relaxed: a heuristic count; the sweep's own `wake_all` is what synchronizes.
-            let stale = self.shared.stale_waiters.fetch_add(1, Ordering::Relaxed) + 1;
-            if stale >= STALE_SWEEP.max(live)
-                && self
-                    .shared
-                    .stale_waiters
-                    .compare_exchange(stale, 0, Ordering::Relaxed, Ordering::Relaxed)
-                    .is_ok()
-            {
-                #[cfg(not(herald_mutant = "sweep_forgets_wake"))]
-                self.shared.waiters.wake_all();
-                // Deliberate bug for loom-tests/mutants.sh: takes the stack and frees the
-                // nodes without waking the live subscribers among them.
-                #[cfg(herald_mutant = "sweep_forgets_wake")]
-                self.shared.waiters.take_all_without_waking();
-            }
+        if self.node.is_queued() && self.shared.waiters.note_stale(STALE_SWEEP.max(live)) {
+            #[cfg(not(herald_mutant = "sweep_forgets_wake"))]
+            self.shared.waiters.wake_all();
+            // Deliberate bug for loom-tests/mutants.sh: takes the stack and frees the nodes
+            // without waking the live subscribers among them.
+            #[cfg(herald_mutant = "sweep_forgets_wake")]
+            self.shared.waiters.take_all_without_waking();
         }
     }
 }

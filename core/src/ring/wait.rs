@@ -174,13 +174,33 @@ impl WaitStack {
 pub(crate) struct WaitStack {
     /// Top of the stack; each pointer owns one strong count of its `Arc<WaitNode>`.
     head: AtomicPtr<WaitNode>,
+    /// Nodes left on the stack by subscribers dropped while parked, since the last sweep
+    /// (an upper bound: a publisher's `wake_all` frees such nodes without counting them).
+    /// On a ring nobody publishes to, nothing else would ever free those nodes. Kept here,
+    /// in the stack's own padded line, so the ring's shared state keeps its layout.
+    stale: AtomicUsize,
 }
 
 impl WaitStack {
     pub(crate) fn new() -> Self {
         Self {
             head: AtomicPtr::new(ptr::null_mut()),
+            stale: AtomicUsize::new(0),
         }
+    }
+
+    /// Counts one node left behind by a subscriber dropped while parked. True when the
+    /// count reached `threshold` and this caller reset it: the caller then sweeps the stack
+    /// (`wake_all`).
+    pub(crate) fn note_stale(&self, threshold: usize) -> bool {
+        // Relaxed (both): a heuristic count; nothing is published through it, and the
+        // sweep's own `wake_all` is what synchronizes with the nodes' owners.
+        let stale = self.stale.fetch_add(1, Ordering::Relaxed) + 1;
+        stale >= threshold
+            && self
+                .stale
+                .compare_exchange(stale, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Puts `node` on the stack unless it is there already. The caller registered its
