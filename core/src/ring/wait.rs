@@ -164,6 +164,8 @@ impl WaitStack {
         while !p.is_null() {
             n += 1;
             // SAFETY: nodes on the stack are kept alive by the count the stack owns.
+            // Relaxed: each `next` was written before its node's push, which the Acquire
+            // load of `head` above (of the last push) happens after.
             p = unsafe { (*p).next.load(Ordering::Relaxed) };
         }
         n
