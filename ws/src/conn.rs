@@ -102,15 +102,22 @@ pub(crate) async fn run(
     slot: StreamSlot,
     shared: Arc<Shared>,
 ) {
+    let streams = shared.streams.clone();
+    let conn = Accepted {
+        subscriber,
+        extensions,
+        shutdown,
+        slot,
+        shared,
+    };
     match io.into_inner().downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let tcp = parts.io.into_inner();
             // Bytes the client sent right after its request, read by hyper already.
             let input = BytesMut::from(&parts.read_buf[..]);
-            let Some(runtime) = shared.streams.clone() else {
-                stream_tcp(tcp, input, subscriber, extensions, shutdown, &shared).await;
-                drop(slot);
-                return;
+            let Some(runtime) = streams else {
+                let (reader, writer) = tcp.into_split();
+                return conn.stream(reader, writer, input).await;
             };
             // Off this runtime's reactor, onto the streaming one's (`from_std` registers it
             // with the reactor of the runtime it is called on).
@@ -124,52 +131,51 @@ pub(crate) async fn run(
             runtime.spawn(async move {
                 match TcpStream::from_std(tcp) {
                     Ok(tcp) => {
-                        stream_tcp(tcp, input, subscriber, extensions, shutdown, &shared).await;
+                        let (reader, writer) = tcp.into_split();
+                        conn.stream(reader, writer, input).await;
                     }
                     Err(e) => tracing::debug!(error = %e, "cannot take the connection over"),
                 }
-                drop(slot);
             });
         }
         Err(upgraded) => {
             let (reader, writer) = tokio::io::split(TokioIo::new(upgraded));
-            stream_events(
-                reader,
-                writer,
-                BytesMut::new(),
-                subscriber,
-                extensions,
-                &shared.config,
-                &shared.metrics,
-                shutdown,
-            )
-            .await;
-            drop(slot);
+            conn.stream(reader, writer, BytesMut::new()).await;
         }
     }
 }
 
-/// [`stream_events`] on a TCP stream's owned halves.
-async fn stream_tcp(
-    tcp: TcpStream,
-    input: BytesMut,
+/// An upgraded connection's state until it streams; dropping it (an error on the way, or
+/// the end of [`Accepted::stream`]) gives its stream slot back.
+struct Accepted {
     subscriber: BusSubscriber,
     extensions: Extensions,
     shutdown: watch::Receiver<bool>,
-    shared: &Shared,
-) {
-    let (reader, writer) = tcp.into_split();
-    stream_events(
-        reader,
-        writer,
-        input,
-        subscriber,
-        extensions,
-        &shared.config,
-        &shared.metrics,
-        shutdown,
-    )
-    .await;
+    slot: StreamSlot,
+    shared: Arc<Shared>,
+}
+
+impl Accepted {
+    /// [`stream_events`] on the socket's two halves; the slot is held until it returns.
+    async fn stream<R, W>(self, reader: R, writer: W, input: BytesMut)
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let Self {
+            subscriber,
+            extensions,
+            shutdown,
+            slot,
+            shared,
+        } = self;
+        let (config, metrics) = (&shared.config, &*shared.metrics);
+        stream_events(
+            reader, writer, input, subscriber, extensions, config, metrics, shutdown,
+        )
+        .await;
+        drop(slot);
+    }
 }
 
 /// Where the connection is in its life.

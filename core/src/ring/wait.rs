@@ -241,6 +241,13 @@ impl WaitStack {
 
     /// Takes every parked node and wakes it.
     pub(crate) fn wake_all(&self) {
+        self.take_all(|node| node.waker.wake());
+    }
+
+    /// Takes every parked node off the stack and hands each to `then` once it is out (its
+    /// `queued` flag cleared).
+    #[inline]
+    fn take_all(&self, then: impl Fn(&WaitNode)) {
         // Acquire: pairs with push's Release CAS, so each node's `next` is visible.
         let mut p = self.head.swap(ptr::null_mut(), Ordering::Acquire);
         while !p.is_null() {
@@ -256,25 +263,14 @@ impl WaitStack {
             // #254), which made the owner's `queued.swap(true)` see a stale `true` in the
             // models and never push again; an RMW keeps loom's modification order exact.
             node.queued.swap(false, Ordering::Release);
-            node.waker.wake();
+            then(&node);
         }
     }
-}
 
-#[cfg(herald_mutant = "sweep_forgets_wake")]
-impl WaitStack {
     /// `wake_all` without the wakes: the bug `loom-tests/mutants.sh` plants in the sweep.
+    #[cfg(herald_mutant = "sweep_forgets_wake")]
     pub(crate) fn take_all_without_waking(&self) {
-        // Acquire: as in `wake_all`.
-        let mut p = self.head.swap(ptr::null_mut(), Ordering::Acquire);
-        while !p.is_null() {
-            // SAFETY: as in `wake_all`.
-            let node = unsafe { Arc::from_raw(p) };
-            // Relaxed: as in `wake_all`.
-            p = node.next.load(Ordering::Relaxed);
-            // Release: as in `wake_all`.
-            node.queued.swap(false, Ordering::Release);
-        }
+        self.take_all(|_| {});
     }
 }
 
