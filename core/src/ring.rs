@@ -1430,6 +1430,8 @@ mod tests {
             self.wake_by_ref();
         }
         fn wake_by_ref(self: &std::sync::Arc<Self>) {
+            // SeqCst: a test counter, read on the test's thread after the wake; nothing
+            // else is published through it.
             self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
@@ -1465,6 +1467,7 @@ mod tests {
         // The first sweep woke the live subscriber (spuriously) and took its node off the
         // stack; not polled since, it was not on the stack for the later sweeps. It parks
         // again and is woken by, and receives, the next value.
+        // SeqCst (here and below): pairs with the counter's increments, made on this thread.
         let spurious = wakes.0.load(Ordering::SeqCst);
         assert_eq!(spurious, 1);
         park(&mut live, &waker);
