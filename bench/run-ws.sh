@@ -7,7 +7,11 @@
 #
 # Knobs (environment): RATES, CONNS, SECS (window), WARMUP (seconds before the window),
 # LOADGEN_THREADS (client runtime workers; default one per CPU), CSV (output file),
-# APPEND=1 (add rows to an existing CSV), HERALD_PORT, BASELINE_PORT. Prints one loadgen line per run, then the herald/baseline
+# APPEND=1 (add rows to an existing CSV), HERALD_PORT, BASELINE_PORT,
+# SERVER_CPUS / LOADGEN_CPUS (taskset CPU lists, e.g. "0-7" and "8-15", to keep the server
+# and the load generator off each other's cores; both runtimes size themselves to their set),
+# BIN_DIR (a folder holding prebuilt herald, herald-baseline and herald-loadgen: no cargo
+# build, for a machine without a toolchain). Prints one loadgen line per run, then the herald/baseline
 # ratios for deliveries per second and p99 latency, and writes every number to $CSV.
 # Exits non-zero if a run fails or any connection saw a gap or a duplicate.
 set -euo pipefail
@@ -24,10 +28,20 @@ HERALD_PORT=${HERALD_PORT:-21100}      # run n listens on HERALD_PORT + 2n
 BASELINE_PORT=${BASELINE_PORT:-21101}  # run n listens on BASELINE_PORT + 2n
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
 
-cargo build --release -q -p herald-ws --bin herald -p herald-bench --bin herald-loadgen --bin herald-baseline
-HERALD="$TARGET_DIR/release/herald"
-BASELINE="$TARGET_DIR/release/herald-baseline"
-LOADGEN="$TARGET_DIR/release/herald-loadgen"
+if [[ -n ${BIN_DIR:-} ]]; then
+    BINS=$BIN_DIR
+else
+    cargo build --release -q -p herald-ws --bin herald -p herald-bench --bin herald-loadgen --bin herald-baseline
+    BINS="$TARGET_DIR/release"
+fi
+HERALD="$BINS/herald"
+BASELINE="$BINS/herald-baseline"
+LOADGEN="$BINS/herald-loadgen"
+# Optional CPU pinning (taskset): the server on SERVER_CPUS, the load generator on LOADGEN_CPUS.
+SERVER_PIN=()
+LOADGEN_PIN=()
+if [[ -n ${SERVER_CPUS:-} ]]; then SERVER_PIN=(taskset -c "$SERVER_CPUS"); fi
+if [[ -n ${LOADGEN_CPUS:-} ]]; then LOADGEN_PIN=(taskset -c "$LOADGEN_CPUS"); fi
 
 # Thousands of sockets per process: raise the soft open-files limit as far as allowed.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -48,11 +62,23 @@ stop_server() {
 }
 trap stop_server EXIT
 
+# One GET /healthz: curl where it is installed, else bash's /dev/tcp (a bare machine).
+probe_healthz() {
+    local port=$1
+    if command -v curl >/dev/null; then
+        curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1
+    else
+        (exec 3<>"/dev/tcp/127.0.0.1/$port" &&
+            printf 'GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n' >&3 &&
+            head -n 1 <&3 | grep -q ' 200 ') 2>/dev/null
+    fi
+}
+
 # Waits (at most 10 s) until the server answers /healthz.
 wait_healthy() {
     local port=$1
     for _ in $(seq 1 100); do
-        if curl -sf "http://127.0.0.1:$port/healthz" >/dev/null 2>&1; then
+        if probe_healthz "$port"; then
             return 0
         fi
         if ! kill -0 "$SERVER_PID" 2>/dev/null; then
@@ -78,17 +104,17 @@ for rate in $RATES; do
             run=$((run + 1))
             if [[ $server == herald ]]; then
                 port=$((HERALD_PORT + 2 * run))
-                "$HERALD" serve --listen "127.0.0.1:$port" --rate "$rate" >/dev/null 2>&1 &
+                "${SERVER_PIN[@]}" "$HERALD" serve --listen "127.0.0.1:$port" --rate "$rate" >/dev/null 2>&1 &
             else
                 port=$((BASELINE_PORT + 2 * run))
-                "$BASELINE" --listen "127.0.0.1:$port" --rate "$rate" >/dev/null 2>&1 &
+                "${SERVER_PIN[@]}" "$BASELINE" --listen "127.0.0.1:$port" --rate "$rate" >/dev/null 2>&1 &
             fi
             SERVER_PID=$!
             wait_healthy "$port"
             # A fixed rate lets the load generator time deliveries against the publish schedule.
             rate_arg=()
             if [[ $rate != max ]]; then rate_arg=(--rate "$rate"); fi
-            if ! line=$("$LOADGEN" --url "ws://127.0.0.1:$port/ws/events" --conns "$conns" \
+            if ! line=$("${LOADGEN_PIN[@]}" "$LOADGEN" --url "ws://127.0.0.1:$port/ws/events" --conns "$conns" \
                 --secs "$SECS" --warmup-secs "$WARMUP" "${rate_arg[@]}" \
                 ${LOADGEN_THREADS:+--threads "$LOADGEN_THREADS"}); then
                 stop_server
