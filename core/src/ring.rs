@@ -51,7 +51,13 @@
 //! exactly the skipped range. While publishers keep going, that oldest value is the next
 //! one overwritten, so a subscriber can be lapped again before it reads it and get a second
 //! `Lagged` at once; every report is exact, and a consumer that tells a person (the
-//! WebSocket server) sums back-to-back reports into one.
+//! WebSocket server) sums back-to-back reports into one. A subscriber that is lapped
+//! again before it has read half a ring past the point its last lap moved it to is
+//! evidently slower than the publishers: it resumes half a ring past the oldest value
+//! instead, so that it reads half a ring before the next lap rather than one value (with
+//! a fast publisher and many slow readers that is the difference between a turn that
+//! delivers a batch and one that delivers a lag notice). The first lap, and a `from=`
+//! point no longer retained, resume at the oldest value.
 //!
 //! **The startup segment.** A publisher whose claim saw the segment open, and whose
 //! sequence number is below `startup_capacity`, also stores its entry (with a count of its
@@ -630,6 +636,7 @@ impl<T: Send + Sync + 'static> Shared<T> {
                 replay_end: kept,
                 pending_missed,
                 cursor,
+                last_resume: NEVER_LAPPED,
             },
             node: Arc::new(WaitNode::new()),
             thread_waker: None,
@@ -825,7 +832,13 @@ struct Position {
     pending_missed: u64,
     /// Next live sequence number to read from the ring.
     cursor: u64,
+    /// Where the last lap moved `cursor` to ([`NEVER_LAPPED`] before the first): a
+    /// subscriber lapped again less than half a ring past it resumes with headroom.
+    last_resume: u64,
 }
+
+/// `Position::last_resume` of a subscriber never lapped.
+const NEVER_LAPPED: u64 = u64::MAX;
 
 impl<T: Send + Sync + 'static> Subscriber<T> {
     /// The next value, without waiting.
@@ -1174,14 +1187,21 @@ impl Position {
                     return Ok(unsafe { &*p });
                 }
                 if seq > self.cursor {
-                    // Overwritten: skip to the oldest value that can still be retained.
+                    // Overwritten: skip to the oldest value that can still be retained, or
+                    // half a ring past it if we were lapped again less than half a ring
+                    // after the last lap (module docs, "Slots and stamps").
                     // Acquire: pairs with publishers' fetch_add; `seq`'s claim is visible
                     // (it happened before the write we just read).
                     let tail = shared.tail.load(Ordering::Acquire) & SEQ_MASK;
-                    let resume_seq = tail - shared.mask - 1;
-                    debug_assert!(resume_seq > self.cursor);
+                    let oldest = tail - shared.mask - 1;
+                    let half = shared.mask / 2 + 1; // capacity / 2
+                    let again =
+                        self.last_resume != NEVER_LAPPED && self.cursor - self.last_resume < half;
+                    let resume_seq = if again { oldest + half } else { oldest };
+                    debug_assert!(resume_seq > self.cursor && resume_seq < tail);
                     let missed = resume_seq - self.cursor;
                     self.cursor = resume_seq;
+                    self.last_resume = resume_seq;
                     return Err(TryRecvError::Lagged { missed, resume_seq });
                 }
             }

@@ -275,6 +275,58 @@ fn stats_count_subscribers_and_reported_lag() {
 }
 
 #[test]
+fn a_subscriber_lapped_again_soon_after_a_lap_resumes_half_a_ring_ahead() {
+    let p = ring::ring::<u64>(cfg(8, 0));
+    p.seal_startup();
+    let mut s = p.subscribe();
+    let publish = |n: u64| {
+        for _ in 0..n {
+            p.publish(0);
+        }
+    };
+    // First lap: resumes at the oldest retained value (tail 20 - capacity 8).
+    publish(20);
+    assert_eq!(
+        s.try_recv().unwrap_err(),
+        TryRecvError::Lagged {
+            missed: 12,
+            resume_seq: 12
+        }
+    );
+    assert_eq!(s.try_recv().unwrap().seq(), 12);
+    // Lapped again one value (less than half a ring) after that: the publisher is faster,
+    // so it resumes half a ring past the oldest (tail 30 - 8 + 4) instead of where the
+    // very next publish would lap it again.
+    publish(10);
+    assert_eq!(
+        s.try_recv().unwrap_err(),
+        TryRecvError::Lagged {
+            missed: 13,
+            resume_seq: 26
+        }
+    );
+    // Reading half a ring (4 values) before the next lap counts as keeping up: that lap
+    // resumes at the oldest again.
+    let (seqs, _, lags, end) = drain(&mut s);
+    assert_eq!(
+        (seqs, lags, end),
+        (vec![26, 27, 28, 29], vec![], TryRecvError::Empty)
+    );
+    publish(20);
+    assert_eq!(
+        s.try_recv().unwrap_err(),
+        TryRecvError::Lagged {
+            missed: 12,
+            resume_seq: 42
+        }
+    );
+    // Exact either way: everything published is received or reported missed.
+    let (seqs, _, lags, _) = drain(&mut s);
+    assert_eq!((seqs.len(), lags), (8, vec![]));
+    assert_eq!(1 + 4 + 8 + 12 + 13 + 12, p.stats().published);
+}
+
+#[test]
 fn try_recv_many_batches_and_defers_a_lag_found_mid_batch() {
     let p = ring::ring::<u32>(cfg(4, 0));
     p.seal_startup();
