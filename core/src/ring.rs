@@ -102,6 +102,16 @@
 //! takes the stack itself, exactly as a publisher would, and parked subscribers get a
 //! spurious wakeup and park again.
 //!
+//! Every wakeup costs the publisher (an executor's wake is a queue push, often a futex
+//! call), and a subscriber faster than the publishers would park after every value: each
+//! publish would then wake every subscriber to read one value. So an async receive that
+//! finds nothing first *yields* once at that cursor position (wakes its own task and
+//! returns `Pending` without touching the stack); only if the next poll still finds
+//! nothing does it park. Meanwhile the executor ran its other tasks and the publishers
+//! published more, so the look that follows usually reads a batch. A yield is only an
+//! early poll: it cannot lose a wakeup, since the protocol above still runs before any
+//! subscriber sleeps.
+//!
 //! **Receiving.** [`Subscriber::try_recv`], [`recv`](Subscriber::recv) and
 //! [`recv_many`](Subscriber::recv_many) hand out [`EntryRef`]s: one reference count taken
 //! (and later dropped) per value on a line every subscriber of that value shares.
@@ -640,6 +650,7 @@ impl<T: Send + Sync + 'static> Shared<T> {
             },
             node: Arc::new(WaitNode::new()),
             thread_waker: None,
+            yielded_at: u64::MAX,
         }
     }
 
@@ -817,6 +828,9 @@ pub struct Subscriber<T: Send + Sync + 'static> {
     /// The waker `recv_blocking` last parked with, and its thread: reused while the
     /// subscriber stays on that thread, so parking allocates nothing.
     thread_waker: Option<(thread::ThreadId, Waker)>,
+    /// The cursor at which an async receive last yielded instead of parking (`u64::MAX`
+    /// before the first): it yields once per cursor position, then parks.
+    yielded_at: u64,
 }
 
 /// A subscriber's place in the sequence space, kept apart from its `shared` handle so an
@@ -1050,6 +1064,21 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
     }
 
     /// Registers `waker`, then checks once more. `None`: still empty, safe to sleep.
+    /// Called by an async receive that found nothing, before it parks: the first time at
+    /// this cursor position it wakes its own task and says so (the caller returns
+    /// `Pending` without parking); after that it says park. The executor runs its other
+    /// ready tasks first, publishers meanwhile publish more, and the look that follows
+    /// finds a batch where parking would have cost the publisher a wakeup per value
+    /// (module docs, "Wakeups").
+    fn yield_first(&mut self, cx: &mut Context<'_>) -> bool {
+        if self.yielded_at == self.pos.cursor {
+            return false;
+        }
+        self.yielded_at = self.pos.cursor;
+        cx.waker().wake_by_ref();
+        true
+    }
+
     fn park(&mut self, waker: &Waker) -> Option<Result<EntryRef<T>, TryRecvError>> {
         self.park_then(waker, Self::try_recv)
     }
@@ -1305,6 +1334,9 @@ impl<T: Send + Sync + 'static> Future for Recv<'_, T> {
             Err(TryRecvError::Empty) => {}
             Err(e) => return Poll::Ready(Err(to_recv_error(e))),
         }
+        if sub.yield_first(cx) {
+            return Poll::Pending;
+        }
         match sub.park(cx.waker()) {
             None => Poll::Pending,
             Some(Ok(entry)) => Poll::Ready(Ok(entry)),
@@ -1330,6 +1362,9 @@ impl<T: Send + Sync + 'static> Future for RecvMany<'_, T> {
             Ok(n) => return Poll::Ready(Ok(n)),
             Err(TryRecvError::Empty) => {}
             Err(e) => return Poll::Ready(Err(to_recv_error(e))),
+        }
+        if this.sub.yield_first(cx) {
+            return Poll::Pending;
         }
         match this.sub.park(cx.waker()) {
             None => Poll::Pending,
@@ -1360,6 +1395,9 @@ impl<T: Send + Sync + 'static> Future for Ready<'_, T> {
         let sub = &mut *self.sub;
         if sub.is_ready() {
             return Poll::Ready(());
+        }
+        if sub.yield_first(cx) {
+            return Poll::Pending;
         }
         let ready = |sub: &mut Subscriber<T>| {
             if sub.is_ready() {
@@ -1395,6 +1433,9 @@ impl<T: Send + Sync + 'static, R, F: FnOnce(&Entry<T>) -> R> Future for RecvWith
             Err(TryRecvError::Empty) => {}
             Err(e) => return Poll::Ready(Err(to_recv_error(e))),
         }
+        if this.sub.yield_first(cx) {
+            return Poll::Pending;
+        }
         let f = &mut this.f;
         match this.sub.park_then(cx.waker(), |sub| sub.try_lend(f)) {
             None => Poll::Pending,
@@ -1424,6 +1465,9 @@ impl<T: Send + Sync + 'static, F: FnMut(&Entry<T>)> Future for RecvEach<'_, T, F
             Ok(n) => return Poll::Ready(Ok(n)),
             Err(TryRecvError::Empty) => {}
             Err(e) => return Poll::Ready(Err(to_recv_error(e))),
+        }
+        if this.sub.yield_first(cx) {
+            return Poll::Pending;
         }
         let f = &mut this.f;
         match this
@@ -1456,11 +1500,53 @@ mod tests {
         }
     }
 
-    /// Polls a `recv` once, which must park (nothing to read).
+    /// Polls a `recv` until it parks with `waker` (nothing to read): the first poll at a
+    /// cursor position only yields, and wakes the waker it is given (a no-op one here).
     fn park<T: Send + Sync + 'static>(sub: &mut Subscriber<T>, waker: &Waker) {
-        let mut cx = Context::from_waker(waker);
         let mut recv = sub.recv();
+        let mut cx = Context::from_waker(Waker::noop());
         assert!(Pin::new(&mut recv).poll(&mut cx).is_pending());
+        let mut cx = Context::from_waker(waker);
+        assert!(Pin::new(&mut recv).poll(&mut cx).is_pending());
+    }
+
+    #[test]
+    fn an_async_receive_yields_once_per_position_before_it_parks() {
+        let publisher = ring::<u64>(RingConfig {
+            capacity: 8,
+            startup_capacity: 0,
+        });
+        publisher.seal_startup();
+        let wakes = std::sync::Arc::new(CountingWaker(Count::new(0)));
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut sub = publisher.subscribe();
+        // SeqCst: pairs with the counter's increments, made on this thread.
+        let count = || wakes.0.load(Ordering::SeqCst);
+        for round in 0..3u64 {
+            let base = count();
+            let mut recv = sub.recv();
+            // Nothing to read: the first poll wakes its own task and does not park...
+            assert!(Pin::new(&mut recv).poll(&mut cx).is_pending());
+            assert_eq!((count(), publisher.shared.waiters.len()), (base + 1, 0));
+            // ...the second, at the same position, parks; a publish wakes it.
+            assert!(Pin::new(&mut recv).poll(&mut cx).is_pending());
+            assert_eq!((count(), publisher.shared.waiters.len()), (base + 1, 1));
+            publisher.publish(round);
+            assert_eq!((count(), publisher.shared.waiters.len()), (base + 2, 0));
+            match Pin::new(&mut recv).poll(&mut cx) {
+                Poll::Ready(Ok(entry)) => assert_eq!(entry.seq(), 2 * round),
+                other => panic!("expected a value, got {:?}", other.map(|r| r.is_ok())),
+            }
+            // A value ready when polled: returned at once, no yield.
+            publisher.publish(round);
+            let mut recv = sub.recv();
+            assert!(matches!(
+                Pin::new(&mut recv).poll(&mut cx),
+                Poll::Ready(Ok(_))
+            ));
+            assert_eq!(count(), base + 2);
+        }
     }
 
     #[test]
