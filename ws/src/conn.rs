@@ -476,7 +476,8 @@ const MAX_LAG_LOOKS: usize = 64;
 /// **Lags are told once.** A lag the bus reports is not queued at once: the bus is asked
 /// again, and lags it reports back to back (it lapped the client again before the client
 /// read the event it was moved to: on a busy bus the oldest retained event is the next one
-/// overwritten) are merged into one `lagged` notice, with the sum of `missed` and the last
+/// overwritten; the ring moves a client lapped again that soon half a ring further) are
+/// merged into one `lagged` notice, with the sum of `missed` and the last
 /// `resume-seq`, queued just before the first event that follows. So a `from=` point no
 /// longer retained gets the one notice SPEC section 4 promises.
 fn take_events(
