@@ -9,7 +9,10 @@
 //!   iteration and the elements per iteration);
 //! * `publish.png`: nanoseconds per publish against idle subscribers, from `publish/*/*`;
 //! * `ws.png`: WebSocket deliveries per second against connections, herald vs the
-//!   baseline, one line per rate, from the CSV `bench/run-ws.sh` writes.
+//!   baseline, one line per rate, from the CSV `bench/run-ws.sh` writes;
+//! * `scaling.png`: fan-out deliveries per second against the runtime's worker threads at
+//!   one subscriber count (`--scaling-subs`), one line per implementation, from the CSV
+//!   `bench/run-scaling.sh` writes.
 //!
 //! Text is drawn with a TrueType font read at run time (`--font`, DejaVu Sans by default):
 //! plotters' `ab_glyph` backend is pure Rust, so no fontconfig or freetype is needed.
@@ -34,6 +37,12 @@ struct Args {
     /// The CSV written by bench/run-ws.sh (skipped if absent).
     #[arg(long, default_value = "bench/results/ws.csv")]
     ws_csv: PathBuf,
+    /// The CSV written by bench/run-scaling.sh (skipped if absent).
+    #[arg(long, default_value = "bench/results/scaling.csv")]
+    scaling_csv: PathBuf,
+    /// The subscriber count `scaling.png` shows.
+    #[arg(long, default_value_t = 64)]
+    scaling_subs: u64,
     /// Where the PNGs go.
     #[arg(long, default_value = "bench/plots")]
     out_dir: PathBuf,
@@ -148,6 +157,53 @@ fn ws_series(csv: &Path) -> Result<Vec<Series>, String> {
         by_key.entry(key).or_default().push((x, y));
     }
     Ok(by_key
+        .into_iter()
+        .map(|(k, mut v)| {
+            v.sort_by_key(|(x, _)| *x);
+            (k, v)
+        })
+        .collect())
+}
+
+/// `workers,impl,subs,melem_per_s` -> one series per implementation, x = workers, for the
+/// rows with `subs` subscribers; y in deliveries per second.
+fn scaling_series(csv: &Path, subs: u64) -> Result<Vec<Series>, String> {
+    let text =
+        std::fs::read_to_string(csv).map_err(|e| format!("cannot read {}: {e}", csv.display()))?;
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .ok_or_else(|| format!("{}: empty", csv.display()))?
+        .split(',')
+        .collect();
+    let col = |name: &str| {
+        header
+            .iter()
+            .position(|h| *h == name)
+            .ok_or_else(|| format!("{}: no column {name}", csv.display()))
+    };
+    let (workers, imp, subs_col, melem) = (
+        col("workers")?,
+        col("impl")?,
+        col("subs")?,
+        col("melem_per_s")?,
+    );
+    let mut by_impl: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
+    for (i, line) in lines.enumerate() {
+        let cells: Vec<&str> = line.split(',').collect();
+        let bad = || format!("{} line {}: malformed", csv.display(), i + 2);
+        let get = |c: usize| cells.get(c).copied().ok_or_else(bad);
+        if get(subs_col)?.parse::<u64>().map_err(|_| bad())? != subs {
+            continue;
+        }
+        let x = get(workers)?.parse::<u64>().map_err(|_| bad())?;
+        let y = get(melem)?.parse::<f64>().map_err(|_| bad())? * 1e6;
+        by_impl
+            .entry(format!("{} subs={subs}", get(imp)?))
+            .or_default()
+            .push((x, y));
+    }
+    Ok(by_impl
         .into_iter()
         .map(|(k, mut v)| {
             v.sort_by_key(|(x, _)| *x);
@@ -329,11 +385,34 @@ fn run(args: &Args) -> Result<Vec<PathBuf>, String> {
         )?;
         written.push(path);
     }
+    if args.scaling_csv.exists() {
+        let series = scaling_series(&args.scaling_csv, args.scaling_subs)?;
+        if series.is_empty() {
+            return Err(format!(
+                "{}: no rows with {} subscribers",
+                args.scaling_csv.display(),
+                args.scaling_subs
+            ));
+        }
+        let path = args.out_dir.join("scaling.png");
+        line_plot(
+            &path,
+            &format!(
+                "Fan-out vs runtime workers, {} subscribers (criterion medians)",
+                args.scaling_subs
+            ),
+            "runtime worker threads",
+            "deliveries per second",
+            &series,
+        )?;
+        written.push(path);
+    }
     if written.is_empty() {
         return Err(format!(
-            "no results found under {} or in {}",
+            "no results found under {}, in {} or in {}",
             args.criterion_dir.display(),
-            args.ws_csv.display()
+            args.ws_csv.display(),
+            args.scaling_csv.display()
         ));
     }
     Ok(written)
@@ -352,5 +431,39 @@ fn main() -> ExitCode {
             eprintln!("herald-plot: error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scaling_series_keeps_one_subscriber_count_and_sorts_by_workers() {
+        let dir = std::env::temp_dir().join(format!("herald-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let csv = dir.join("scaling.csv");
+        std::fs::write(
+            &csv,
+            "workers,impl,subs,melem_per_s\n16,tokio,64,8.5\n2,tokio,64,9.7\n\
+             2,herald,64,31.5\n2,herald,16,33.9\n16,herald,64,82.2\n",
+        )
+        .unwrap();
+        let series = scaling_series(&csv, 64).unwrap();
+        assert_eq!(
+            series,
+            vec![
+                (
+                    "herald subs=64".to_string(),
+                    vec![(2, 31.5e6), (16, 82.2e6)]
+                ),
+                ("tokio subs=64".to_string(), vec![(2, 9.7e6), (16, 8.5e6)]),
+            ]
+        );
+        assert!(scaling_series(&csv, 7).unwrap().is_empty());
+        std::fs::write(&csv, "workers,impl,subs\n2,herald,64\n").unwrap();
+        let err = scaling_series(&csv, 64).unwrap_err();
+        assert!(err.contains("no column melem_per_s"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
