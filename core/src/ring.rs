@@ -1063,7 +1063,6 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
         }
     }
 
-    /// Registers `waker`, then checks once more. `None`: still empty, safe to sleep.
     /// Called by an async receive that found nothing, before it parks: the first time at
     /// this cursor position it wakes its own task and says so (the caller returns
     /// `Pending` without parking); after that it says park. The executor runs its other
@@ -1079,6 +1078,7 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
         true
     }
 
+    /// Registers `waker`, then checks once more. `None`: still empty, safe to sleep.
     fn park(&mut self, waker: &Waker) -> Option<Result<EntryRef<T>, TryRecvError>> {
         self.park_then(waker, Self::try_recv)
     }
