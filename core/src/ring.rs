@@ -1515,8 +1515,8 @@ mod tests {
         assert!(Pin::new(&mut recv).poll(&mut cx).is_pending());
     }
 
-    #[test]
-    fn an_async_receive_yields_once_per_position_before_it_parks() {
+    /// An 8-slot ring past its seal, and a waker that counts its wakeups.
+    fn sealed_ring_and_counting_waker() -> (Publisher<u64>, std::sync::Arc<CountingWaker>, Waker) {
         let publisher = ring::<u64>(RingConfig {
             capacity: 8,
             startup_capacity: 0,
@@ -1524,6 +1524,12 @@ mod tests {
         publisher.seal_startup();
         let wakes = std::sync::Arc::new(CountingWaker(Count::new(0)));
         let waker = Waker::from(wakes.clone());
+        (publisher, wakes, waker)
+    }
+
+    #[test]
+    fn an_async_receive_yields_once_per_position_before_it_parks() {
+        let (publisher, wakes, waker) = sealed_ring_and_counting_waker();
         let mut cx = Context::from_waker(&waker);
         let mut sub = publisher.subscribe();
         // SeqCst: pairs with the counter's increments, made on this thread.
@@ -1556,13 +1562,7 @@ mod tests {
 
     #[test]
     fn subscribers_dropped_while_parked_do_not_pile_up_on_a_quiet_ring() {
-        let publisher = ring::<u64>(RingConfig {
-            capacity: 8,
-            startup_capacity: 0,
-        });
-        publisher.seal_startup();
-        let wakes = std::sync::Arc::new(CountingWaker(Count::new(0)));
-        let waker = Waker::from(wakes.clone());
+        let (publisher, wakes, waker) = sealed_ring_and_counting_waker();
         let mut live = publisher.subscribe();
         park(&mut live, &waker);
         let mut most = 0;

@@ -124,8 +124,12 @@ fn publish_series(root: &Path) -> Result<Vec<Series>, String> {
     Ok(series)
 }
 
-/// `server,rate,conns,...,events_per_s,...` -> one series per (server, rate).
-fn ws_series(csv: &Path) -> Result<Vec<Series>, String> {
+/// The cells of `columns` (named in the header line) of every data line of `csv`, with the
+/// line's number for error messages.
+fn csv_columns<const N: usize>(
+    csv: &Path,
+    columns: [&str; N],
+) -> Result<Vec<(usize, [String; N])>, String> {
     let text =
         std::fs::read_to_string(csv).map_err(|e| format!("cannot read {}: {e}", csv.display()))?;
     let mut lines = text.lines();
@@ -134,82 +138,84 @@ fn ws_series(csv: &Path) -> Result<Vec<Series>, String> {
         .ok_or_else(|| format!("{}: empty", csv.display()))?
         .split(',')
         .collect();
-    let col = |name: &str| {
-        header
+    let mut at = [0; N];
+    for (slot, name) in at.iter_mut().zip(columns) {
+        *slot = header
             .iter()
             .position(|h| *h == name)
-            .ok_or_else(|| format!("{}: no column {name}", csv.display()))
-    };
-    let (server, rate, conns, eps) = (
-        col("server")?,
-        col("rate")?,
-        col("conns")?,
-        col("events_per_s")?,
-    );
-    let mut by_key: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
-    for (i, line) in lines.enumerate() {
-        let cells: Vec<&str> = line.split(',').collect();
-        let bad = || format!("{} line {}: malformed", csv.display(), i + 2);
-        let get = |c: usize| cells.get(c).copied().ok_or_else(bad);
-        let key = format!("{} rate={}", get(server)?, get(rate)?);
-        let x = get(conns)?.parse::<u64>().map_err(|_| bad())?;
-        let y = get(eps)?.parse::<f64>().map_err(|_| bad())?;
-        by_key.entry(key).or_default().push((x, y));
+            .ok_or_else(|| format!("{}: no column {name}", csv.display()))?;
     }
-    Ok(by_key
+    lines
+        .enumerate()
+        .map(|(i, line)| {
+            let cells: Vec<&str> = line.split(',').collect();
+            let mut row: [String; N] = std::array::from_fn(|_| String::new());
+            for (cell, &c) in row.iter_mut().zip(&at) {
+                *cell = cells
+                    .get(c)
+                    .ok_or_else(|| malformed(csv, i + 2))?
+                    .to_string();
+            }
+            Ok((i + 2, row))
+        })
+        .collect()
+}
+
+fn malformed(csv: &Path, line: usize) -> String {
+    format!("{} line {line}: malformed", csv.display())
+}
+
+/// Parses one cell of line `line` of `csv`.
+fn cell<T: std::str::FromStr>(csv: &Path, line: usize, text: &str) -> Result<T, String> {
+    text.parse().map_err(|_| malformed(csv, line))
+}
+
+/// Points grouped by series name, each series sorted by x.
+fn into_series(by_key: BTreeMap<String, Vec<(u64, f64)>>) -> Vec<Series> {
+    by_key
         .into_iter()
         .map(|(k, mut v)| {
             v.sort_by_key(|(x, _)| *x);
             (k, v)
         })
-        .collect())
+        .collect()
+}
+
+/// `server,rate,conns,...,events_per_s,...` -> one series per (server, rate).
+fn ws_series(csv: &Path) -> Result<Vec<Series>, String> {
+    let mut by_key: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
+    for (line, [server, rate, conns, eps]) in
+        csv_columns(csv, ["server", "rate", "conns", "events_per_s"])?
+    {
+        let point = (cell(csv, line, &conns)?, cell(csv, line, &eps)?);
+        by_key
+            .entry(format!("{server} rate={rate}"))
+            .or_default()
+            .push(point);
+    }
+    Ok(into_series(by_key))
 }
 
 /// `workers,impl,subs,melem_per_s` -> one series per implementation, x = workers, for the
 /// rows with `subs` subscribers; y in deliveries per second.
 fn scaling_series(csv: &Path, subs: u64) -> Result<Vec<Series>, String> {
-    let text =
-        std::fs::read_to_string(csv).map_err(|e| format!("cannot read {}: {e}", csv.display()))?;
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines
-        .next()
-        .ok_or_else(|| format!("{}: empty", csv.display()))?
-        .split(',')
-        .collect();
-    let col = |name: &str| {
-        header
-            .iter()
-            .position(|h| *h == name)
-            .ok_or_else(|| format!("{}: no column {name}", csv.display()))
-    };
-    let (workers, imp, subs_col, melem) = (
-        col("workers")?,
-        col("impl")?,
-        col("subs")?,
-        col("melem_per_s")?,
-    );
     let mut by_impl: BTreeMap<String, Vec<(u64, f64)>> = BTreeMap::new();
-    for (i, line) in lines.enumerate() {
-        let cells: Vec<&str> = line.split(',').collect();
-        let bad = || format!("{} line {}: malformed", csv.display(), i + 2);
-        let get = |c: usize| cells.get(c).copied().ok_or_else(bad);
-        if get(subs_col)?.parse::<u64>().map_err(|_| bad())? != subs {
+    for (line, [workers, imp, row_subs, melem]) in
+        csv_columns(csv, ["workers", "impl", "subs", "melem_per_s"])?
+    {
+        if cell::<u64>(csv, line, &row_subs)? != subs {
             continue;
         }
-        let x = get(workers)?.parse::<u64>().map_err(|_| bad())?;
-        let y = get(melem)?.parse::<f64>().map_err(|_| bad())? * 1e6;
+        let point = (
+            cell(csv, line, &workers)?,
+            cell::<f64>(csv, line, &melem)? * 1e6,
+        );
         by_impl
-            .entry(format!("{} subs={subs}", get(imp)?))
+            .entry(format!("{imp} subs={subs}"))
             .or_default()
-            .push((x, y));
+            .push(point);
     }
-    Ok(by_impl
-        .into_iter()
-        .map(|(k, mut v)| {
-            v.sort_by_key(|(x, _)| *x);
-            (k, v)
-        })
-        .collect())
+    Ok(into_series(by_impl))
 }
 
 /// Draws `series` with categorical x (the distinct x values, evenly spaced).
@@ -439,7 +445,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn scaling_series_keeps_one_subscriber_count_and_sorts_by_workers() {
+    fn csv_series_filter_sort_and_name_what_is_wrong() {
         let dir = std::env::temp_dir().join(format!("herald-plot-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let csv = dir.join("scaling.csv");
@@ -464,6 +470,22 @@ mod tests {
         std::fs::write(&csv, "workers,impl,subs\n2,herald,64\n").unwrap();
         let err = scaling_series(&csv, 64).unwrap_err();
         assert!(err.contains("no column melem_per_s"), "{err}");
+        std::fs::write(
+            &csv,
+            "workers,impl,subs,melem_per_s\n2,herald,64,1\n4,herald\n",
+        )
+        .unwrap();
+        let err = scaling_series(&csv, 64).unwrap_err();
+        assert!(err.ends_with("line 3: malformed"), "{err}");
+        std::fs::write(
+            &csv,
+            "server,rate,conns,events_per_s\nherald,max,1000,5\nherald,max,100,7\n",
+        )
+        .unwrap();
+        assert_eq!(
+            ws_series(&csv).unwrap(),
+            vec![("herald rate=max".to_string(), vec![(100, 7.0), (1000, 5.0)])]
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
