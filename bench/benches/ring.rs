@@ -4,10 +4,12 @@
 //! once and shared as an `Arc<Event>`. What each side allocates per publish:
 //!
 //! * **herald** (`herald_core::ring::ring::<Arc<Event>>`): `publish(event.clone())` bumps the
-//!   event's reference count and allocates one ring entry (its owner count, the sequence
-//!   number and the `Arc<Event>` pointer, 24 bytes). The entry it replaces in the slot is
-//!   retired to crossbeam-epoch and freed later, on the publishing thread, which is counted
-//!   in the measured time.
+//!   event's reference count and fills one ring entry (its owner count, the sequence
+//!   number and the `Arc<Event>` pointer, 24 bytes): in steady state the memory of an entry
+//!   this thread overwrote a few thousand publishes earlier, whose grace period is over
+//!   (the publishing thread's limbo, `core/src/sync.rs`), dropping its old value there. The
+//!   entry it replaces in the slot goes into that limbo. All of it is counted in the
+//!   measured time.
 //! * **tokio** (`broadcast::channel::<Arc<Event>>`): `send(event.clone())` bumps the same
 //!   reference count; tokio's slots are allocated up front, so it allocates nothing per
 //!   send. It drops the value it overwrites (a reference-count decrement) inside `send`.

@@ -73,8 +73,12 @@
 //! loaded the pointer just before. Subscribers therefore read slots under an epoch guard
 //! (crossbeam-epoch), and a publisher *retires* what it takes out: the slot's count is
 //! released only once every guard that could have seen it is gone. Publishers never read
-//! an entry they do not own (the swap above), so they pin no guard; retired entries go to
-//! a per-thread batch that is handed to the collector 32 at a time (`sync.rs`). Epochs
+//! an entry they do not own (the swap above), so they pin no guard. A retired entry waits
+//! in its publishing thread's *limbo* (`sync.rs`), a queue that defers one marker to the
+//! collector per 32 entries; once the marker that follows an entry has run, its grace
+//! period is over, and the thread's next publish reuses the entry's memory for the new
+//! value (dropping the old one) if its count is the slot's alone. So a steady publisher
+//! neither allocates nor frees, and hands the collector one closure per 32 publishes. Epochs
 //! were chosen over arc-swap because a publisher then does O(1) work whatever the number
 //! of threads and subscribers (arc-swap's writer scans every thread's debt list), and over
 //! hazard slots because those make publish cost grow with the number of readers. The
@@ -85,8 +89,9 @@
 //! startup cell and each [`EntryRef`] a subscriber took. There are no weak counts, and a
 //! count is only taken from a live owner or from a slot read under a guard. So when a
 //! retired entry's count reads 1 after the grace period, it is the slot's alone and the
-//! entry is freed with no read-modify-write: an entry no subscriber took a count on (every
-//! entry, when subscribers only borrow) costs its publisher no locked instruction to free.
+//! entry is reused (or freed) with no read-modify-write: an entry no subscriber took a
+//! count on (every entry, when subscribers only borrow) costs its publisher no locked
+//! instruction to recycle. An entry a subscriber still holds is left to its last owner.
 //!
 //! **Wakeups.** A subscriber with nothing to read registers its waker in its own
 //! `WaitNode` (`ring/wait.rs`), pushes the node on the `waiters` stack (a `SeqCst` CAS),
@@ -169,7 +174,7 @@ impl Default for RingConfig {
 }
 
 /// A published value with its sequence number. Subscribers share one `Entry` per value
-/// (one allocation, made by the publish); nothing is copied per subscriber. Borrowing
+/// (one allocation, made or recycled by the publish); nothing is copied per subscriber. Borrowing
 /// receives lend `&Entry`; owning ones hand out an [`EntryRef`].
 pub struct Entry<T> {
     /// Owners of this allocation: the slot that holds it (until a publisher has taken it
@@ -245,8 +250,8 @@ impl<T> Entry<T> {
             #[cfg(not(herald_mutant = "relaxed_release"))]
             fence(Ordering::Acquire);
         }
-        // SAFETY: the last count: made by `Entry::new` from a `Box`, unreachable from any
-        // slot, cell or owner.
+        // SAFETY: the last count: made by `Entry::new` from a `Box` (or written into the
+        // memory of one by `Shared::entry`), unreachable from any slot, cell or owner.
         drop(unsafe { Box::from_raw(this as *mut Self) });
     }
 
@@ -269,6 +274,23 @@ impl<T: Send + Sync + 'static> sync::Release for Entry<T> {
     unsafe fn release(this: *const Self) {
         // SAFETY: the reclaimer's contract is this one's.
         unsafe { Entry::release(this) }
+    }
+
+    unsafe fn reclaim(this: *const Self) -> bool {
+        // SAFETY: the caller's count keeps it alive until we give that count up.
+        let refs = unsafe { &(*this).refs };
+        // Acquire: as in `Entry::release`, pairs with the other owners' Release
+        // decrements; 1 means the caller's count is the only one and, since the entry is
+        // unreachable and its grace period over, no other can appear.
+        if refs.load(Ordering::Acquire) != 1 {
+            // SAFETY: the caller's count, given up.
+            unsafe { Entry::release(this) };
+            return false;
+        }
+        // SAFETY: ours alone (above); dropping in place leaves the `Box` allocation to
+        // the caller, as the trait says.
+        unsafe { ptr::drop_in_place(this as *mut Self) };
+        true
     }
 }
 
@@ -499,6 +521,27 @@ pub fn ring<T: Send + Sync + 'static>(config: RingConfig) -> Publisher<T> {
 }
 
 impl<T: Send + Sync + 'static> Shared<T> {
+    /// A new entry holding `value`, with one count (the caller's): in the memory of an
+    /// entry this thread retired earlier if the reclaimer has one ready, else allocated.
+    #[inline]
+    fn entry(&self, value: T) -> NonNull<Entry<T>> {
+        match self.reclaim.reuse::<Entry<T>>() {
+            Some(memory) => {
+                // SAFETY: `reuse` hands us uninitialised memory for an `Entry<T>`,
+                // allocated as a `Box`, that nobody else can reach.
+                unsafe {
+                    memory.as_ptr().write(Entry {
+                        refs: AtomicUsize::new(1),
+                        seq: AtomicU64::new(0),
+                        value,
+                    })
+                };
+                memory
+            }
+            None => Entry::new(value),
+        }
+    }
+
     /// Claims a sequence number for `entry`, records it in the startup segment if the
     /// segment was open, installs it in its slot and wakes parked subscribers.
     #[inline]
@@ -698,7 +741,7 @@ impl<T: Send + Sync + 'static> Publisher<T> {
     /// subscriber; wakes parked subscribers, if any.
     #[inline]
     pub fn publish(&self, value: T) -> u64 {
-        self.shared.publish(Entry::new(value))
+        self.shared.publish(self.shared.entry(value))
     }
 
     /// As [`publish`](Self::publish), and then calls `observe` on the publishing thread
@@ -706,8 +749,8 @@ impl<T: Send + Sync + 'static> Publisher<T> {
     /// [`EntryRef`] to keep it). Costs one extra reference count on the entry.
     #[inline]
     pub fn publish_observed(&self, value: T, observe: impl FnOnce(&EntryRef<T>)) -> u64 {
-        let entry = Entry::new(value);
-        // SAFETY: `Entry::new` gave us its count, which keeps it alive here.
+        let entry = self.shared.entry(value);
+        // SAFETY: `entry` gave us its count, which keeps it alive here.
         let observed = share(unsafe { entry.as_ref() });
         let seq = self.shared.publish(entry);
         observe(&observed);
@@ -758,8 +801,9 @@ impl<T: Send + Sync + 'static> Clone for Publisher<T> {
 
 impl<T: Send + Sync + 'static> Drop for Publisher<T> {
     fn drop(&mut self) {
-        // Entries this thread overwrote wait in a small per-thread batch (see `sync`);
-        // hand them to the collector now rather than at this thread's next publish.
+        // Entries this thread overwrote wait in its limbo for reuse (see `sync`); hand
+        // them to the collector now rather than keep their values until this thread
+        // publishes again or exits.
         sync::flush_retired();
         // AcqRel: the last publisher acquires every other publisher's release, so all
         // their slot writes happen before the CLOSED flag below.

@@ -15,8 +15,9 @@
 //!   when the last live guard is dropped) built on loom's `Mutex`. It gives the ring the
 //!   same contract (a pointer retired while a guard is alive is not freed before that
 //!   guard is dropped), so the models check how the ring *uses* reclamation, not
-//!   crossbeam-epoch's internals (which crossbeam model-checks itself), nor the per-thread
-//!   batching of the normal build (which only delays the hand-over to the collector).
+//!   crossbeam-epoch's internals (which crossbeam model-checks itself), nor the normal
+//!   build's per-thread limbo (which recycles an entry's memory where the stand-in frees
+//!   it and a fresh allocation follows; unit tests in `core/tests/ring.rs` check it).
 //! * **`SeqCst` accesses.** loom treats `SeqCst` loads and read-modify-writes as `AcqRel`
 //!   (loom issue #180), which would make the publisher's lost-wakeup check look broken.
 //!   [`loom_seqcst_fence`] is a `SeqCst` fence under loom and nothing otherwise; under the
@@ -91,27 +92,59 @@ pub(crate) trait Release: Send + Sync + 'static {
     /// # Safety
     /// The caller owns a count of `this` and does not use `this` afterwards.
     unsafe fn release(this: *const Self);
+
+    /// For recycling: if the caller's count of `this` is the only one, drops the contents
+    /// in place and returns `true`, leaving the caller the memory (uninitialised, as
+    /// allocated for a `Box<Self>`); otherwise gives up the count as
+    /// [`release`](Self::release) does and returns `false`.
+    ///
+    /// # Safety
+    /// As `release`, and `this` is unreachable from shared memory and its grace period is
+    /// over: no guard can load it and no new count can be taken but from an existing one.
+    #[cfg_attr(herald_loom, allow(dead_code))]
+    unsafe fn reclaim(this: *const Self) -> bool;
 }
 
 #[cfg(not(herald_loom))]
 mod reclaim {
+    use std::any::TypeId;
     use std::cell::RefCell;
+    use std::collections::VecDeque;
+    use std::ptr::NonNull;
 
-    use super::Release;
+    use super::{Arc, AtomicU64, Ordering, Release};
 
-    /// Epoch-based reclamation on crossbeam-epoch's global collector. Zero-sized.
+    /// Epoch-based reclamation on crossbeam-epoch's global collector, with the memory of
+    /// what it reclaims recycled on the thread that retired it. Zero-sized.
     ///
     /// Readers pin a guard around every access to a slot. Publishers never read an entry
-    /// they do not own, so they need no guard: an entry they take out of a slot goes into
-    /// a small per-thread batch, and each full batch is handed to the collector with *one*
-    /// `defer`. Deferring later than the unlink is always safe (a guard pinned before the
-    /// unlink is also pinned before the defer), and it keeps the publish path free of
-    /// epoch pins and of per-entry deferred closures. The price: up to `BATCH - 1`
-    /// overwritten entries per publishing thread wait in the batch until that thread
-    /// retires more, drops a `Publisher`, or exits; and crossbeam-epoch itself keeps up to
-    /// 64 deferred batches per thread before it seals them for collection, so up to about
-    /// 2,048 overwritten entries per publishing thread may await freeing (bounded; it shows
-    /// as a sawtooth in RSS).
+    /// they do not own, so they need no guard: an entry they take out of a slot is
+    /// *retired* into this thread's *limbo*, a FIFO queue, and is reused by a later publish
+    /// on the same thread once its grace period is over. That keeps both the allocator and
+    /// a deferred closure per 32 retired entries (run later on a cold batch) off the
+    /// publish path: about a third of a publish (`bench/RESULTS.md`). The queue holds one
+    /// type at a time; a thread that also publishes values of another type hands those
+    /// entries to the collector 32 at a time, to be freed, as before recycling.
+    ///
+    /// **Grace periods by marker.** Every [`BATCH`]-th retirement on a thread defers one
+    /// *marker* to crossbeam-epoch: a closure that records its number in the thread's
+    /// `done` word. Each entry in limbo carries the number of the first marker deferred
+    /// after it was retired. crossbeam runs a closure only once every guard pinned before
+    /// it was deferred is gone, and an entry's unlink (the slot swap) happens before its
+    /// retirement, which happens before that marker's defer. So once `done` reaches an
+    /// entry's marker, no guard that could have loaded it from its slot is left, and no
+    /// guard pinned later can reach it: it is unreachable but for counts that subscribers
+    /// took earlier ([`Release::reclaim`] checks those).
+    ///
+    /// **What waits in limbo.** Entries retired since this thread's last marker (up to
+    /// `BATCH - 1`), and those whose marker has not run yet: crossbeam keeps up to 64
+    /// deferred closures per thread before it seals them for collection, and collects
+    /// sealed ones only as epochs advance. One thread publishing flat out holds about
+    /// 10,000 overwritten entries (and their values) in limbo (measured with a 4096-slot
+    /// ring); before recycling, crossbeam held about 2,000 in the thread's bag plus the
+    /// sealed batches not yet collected. They are reused by this thread's next publishes,
+    /// handed to the collector when a `Publisher` is dropped on this thread
+    /// ([`flush_retired`]), or at thread exit.
     #[derive(Debug, Default)]
     pub(crate) struct Reclaimer;
 
@@ -122,8 +155,8 @@ mod reclaim {
         std::marker::PhantomData<&'a ()>,
     );
 
-    /// Entries retired per `defer`.
-    const BATCH: usize = 32;
+    /// Retirements per marker (and the size of a batch handed to the collector).
+    const BATCH: u64 = 32;
 
     /// A retired object and the function that releases it.
     type Retired = (usize, unsafe fn(usize));
@@ -137,17 +170,69 @@ mod reclaim {
         unsafe { R::release(addr as *const R) }
     }
 
-    /// This thread's batch; flushed when full, by `flush_retired` and at thread exit.
-    struct Batch(RefCell<Vec<Retired>>);
+    /// This thread's limbo.
+    struct Limbo {
+        /// The type of the objects in `queue`, and the function that gives up one count
+        /// of one of them: only an `R` is recycled as an `R`. Set by a retirement into an
+        /// empty queue.
+        kind: Option<(TypeId, unsafe fn(usize))>,
+        /// `(address, marker)` of each retired object of type `kind`, oldest first, each
+        /// owning one count of its object. `marker` is the first marker deferred after the
+        /// retirement; the object's grace period is over once `done` has reached it.
+        /// Markers never decrease from front to back.
+        queue: VecDeque<(usize, u64)>,
+        /// Objects of another type than `kind` (a thread that publishes into rings of two
+        /// value types): these are not recycled but handed to the collector `BATCH` at a
+        /// time, to be freed.
+        foreign: Vec<Retired>,
+        /// The marker that will cover what is retired from now on (the first is 1).
+        next_marker: u64,
+        /// Objects pushed on `queue` since the last marker was deferred (below `BATCH`).
+        since_marker: u64,
+        /// The highest marker whose closure has run (0: none yet); written only by the
+        /// markers' closures, on whatever thread crossbeam runs them. `None` until this
+        /// thread defers its first marker.
+        done: Option<Arc<AtomicU64>>,
+    }
 
-    impl Drop for Batch {
+    impl Limbo {
+        /// Everything in limbo, for the collector.
+        fn take_all(&mut self) -> Vec<Retired> {
+            self.since_marker = 0;
+            let mut all = std::mem::take(&mut self.foreign);
+            if let Some((_, release)) = self.kind {
+                all.extend(self.queue.drain(..).map(|(addr, _)| (addr, release)));
+            }
+            all
+        }
+    }
+
+    struct LimboCell(RefCell<Limbo>);
+
+    impl Drop for LimboCell {
         fn drop(&mut self) {
-            defer_all(std::mem::take(self.0.get_mut()));
+            // The thread is exiting: the collector takes everything, after its grace period.
+            defer_all(self.0.get_mut().take_all());
         }
     }
 
     thread_local! {
-        static BATCH_OF_THIS_THREAD: Batch = const { Batch(RefCell::new(Vec::new())) };
+        static LIMBO: LimboCell = const {
+            LimboCell(RefCell::new(Limbo {
+                kind: None,
+                queue: VecDeque::new(),
+                foreign: Vec::new(),
+                next_marker: 1,
+                since_marker: 0,
+                done: None,
+            }))
+        };
+    }
+
+    /// What `retire` hands to crossbeam once the limbo's borrow is released.
+    enum Deferral {
+        Marker(Arc<AtomicU64>, u64),
+        Batch(Vec<Retired>),
     }
 
     /// Hands `batch` to the collector: released once every guard pinned now is gone.
@@ -156,15 +241,29 @@ mod reclaim {
             return;
         }
         let guard = crossbeam_epoch::pin();
-        // SAFETY: every entry in `batch` was unlinked from shared memory before it was
+        // SAFETY: every object in `batch` was unlinked from shared memory before it was
         // retired, so only guards pinned before now can hold it; `defer_unchecked` runs
-        // the closure after all of those are dropped. The entries are `Send + Sync`
+        // the closure after all of those are dropped. The objects are `Send + Sync`
         // (`retire`'s bound), so releasing them on another thread is sound.
         unsafe {
             guard.defer_unchecked(move || {
                 for (addr, release) in batch {
                     release(addr);
                 }
+            });
+        }
+    }
+
+    /// Defers marker `marker`: once it runs, `done` holds at least `marker`.
+    fn defer_marker(done: Arc<AtomicU64>, marker: u64) {
+        let guard = crossbeam_epoch::pin();
+        // SAFETY: the closure only writes an atomic it owns a count of (it is `Send`
+        // and `'static`), so running it on any thread, at any later time, is sound.
+        unsafe {
+            guard.defer_unchecked(move || {
+                // Release: pairs with the Acquire load in `Reclaimer::reuse`, which thereby
+                // happens after every guard this marker waited for was dropped.
+                done.fetch_max(marker, Ordering::Release);
             });
         }
     }
@@ -179,7 +278,8 @@ mod reclaim {
             Guard(crossbeam_epoch::pin(), std::marker::PhantomData)
         }
 
-        /// Releases a count of `ptr` once every guard that might have seen it is gone.
+        /// Releases a count of `ptr` once every guard that might have seen it is gone (or
+        /// recycles it: [`reuse`](Self::reuse)).
         ///
         /// # Safety
         /// The caller owns a count of `ptr` and gives it up here, and `ptr` is no longer
@@ -187,26 +287,84 @@ mod reclaim {
         #[inline]
         pub(crate) unsafe fn retire<R: Release>(&self, ptr: *const R) {
             let item: Retired = (ptr as usize, release::<R>);
-            let full = BATCH_OF_THIS_THREAD.try_with(|b| {
-                let mut b = b.0.borrow_mut();
-                b.push(item);
-                (b.len() >= BATCH).then(|| std::mem::replace(&mut *b, Vec::with_capacity(BATCH)))
+            // Pushed under the borrow; crossbeam is called after it is released, since
+            // pinning may run deferred closures that drop values whose drop publishes.
+            let deferral = LIMBO.try_with(|l| {
+                let mut l = l.0.borrow_mut();
+                let kind = TypeId::of::<R>();
+                if l.queue.is_empty() {
+                    l.kind = Some((kind, item.1));
+                }
+                if l.kind.map(|(k, _)| k) != Some(kind) {
+                    l.foreign.push(item);
+                    return (l.foreign.len() >= BATCH as usize)
+                        .then(|| Deferral::Batch(std::mem::take(&mut l.foreign)));
+                }
+                let marker = l.next_marker;
+                l.queue.push_back((item.0, marker));
+                l.since_marker += 1;
+                if l.since_marker < BATCH {
+                    return None;
+                }
+                l.since_marker = 0;
+                l.next_marker += 1;
+                let done = l.done.get_or_insert_with(|| Arc::new(AtomicU64::new(0)));
+                Some(Deferral::Marker(done.clone(), marker))
             });
-            match full {
-                Ok(Some(batch)) => defer_all(batch),
+            match deferral {
                 Ok(None) => {}
-                // The thread is exiting and its batch is gone: defer this one alone.
+                Ok(Some(Deferral::Marker(done, marker))) => defer_marker(done, marker),
+                Ok(Some(Deferral::Batch(batch))) => defer_all(batch),
+                // The thread is exiting and its limbo is gone: defer this one alone.
                 Err(_) => defer_all(vec![item]),
+            }
+        }
+
+        /// Memory for a new `R`: the oldest `R` in this thread's limbo, if its grace period
+        /// is over and it was the caller's alone ([`Release::reclaim`] dropped its contents).
+        /// The memory is uninitialised, allocated as a `Box<R>`, and the caller's. `None`
+        /// if there is no such `R` now; then allocate.
+        #[inline]
+        pub(crate) fn reuse<R: Release>(&self) -> Option<NonNull<R>> {
+            let addr = LIMBO
+                .try_with(|l| {
+                    let mut l = l.0.borrow_mut();
+                    if l.kind.map(|(k, _)| k) != Some(TypeId::of::<R>()) {
+                        return None;
+                    }
+                    // Acquire: pairs with the Release `fetch_max` of the markers' closures
+                    // (see `defer_marker`).
+                    let done = l.done.as_ref()?.load(Ordering::Acquire);
+                    match l.queue.front() {
+                        Some(&(addr, marker)) if marker <= done => {
+                            l.queue.pop_front();
+                            Some(addr)
+                        }
+                        _ => None,
+                    }
+                })
+                .ok()
+                .flatten()?;
+            // Outside the borrow: `reclaim` may drop a value, and a value's drop may
+            // publish on this thread.
+            let ptr = addr as *const R;
+            // SAFETY: we own a count of `ptr` (limbo's), its grace period is over (`done`
+            // reached its marker) and it is unreachable from shared memory.
+            if unsafe { R::reclaim(ptr) } {
+                // SAFETY: from a non-null address; `reclaim` made it ours.
+                Some(unsafe { NonNull::new_unchecked(ptr as *mut R) })
+            } else {
+                None
             }
         }
     }
 
-    /// Hands this thread's partial batch to the collector now.
+    /// Hands this thread's limbo to the collector now.
     pub(crate) fn flush_retired() {
-        let batch = BATCH_OF_THIS_THREAD
-            .try_with(|b| std::mem::take(&mut *b.0.borrow_mut()))
+        let all = LIMBO
+            .try_with(|l| l.0.borrow_mut().take_all())
             .unwrap_or_default();
-        defer_all(batch);
+        defer_all(all);
     }
 }
 
@@ -272,8 +430,17 @@ mod reclaim {
         }
     }
 
-    /// The normal build hands its per-thread batch to the collector here; under loom
-    /// nothing is batched.
+    impl Reclaimer {
+        /// The normal build recycles retired memory; under loom every entry is allocated
+        /// anew and freed by `retire`, so the models check the protocol that decides when
+        /// an entry may be freed (a recycled entry is one freed and allocated again).
+        pub(crate) fn reuse<R: Release>(&self) -> Option<std::ptr::NonNull<R>> {
+            None
+        }
+    }
+
+    /// The normal build hands its per-thread limbo to the collector here; under loom
+    /// nothing waits in limbo.
     pub(crate) fn flush_retired() {}
 
     impl Drop for Guard<'_> {

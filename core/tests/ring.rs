@@ -381,17 +381,23 @@ fn every_value_is_dropped_exactly_once() {
         drop(held);
         drop(s);
     }
-    // Overwritten entries are freed by the epoch collector once every thread pinned
-    // before they were retired has unpinned; other tests in this binary pin too (one
-    // panics inside a borrow closure, and the panic hook prints a backtrace while its
-    // guard is still pinned), so drive the collector until the count is reached or a
-    // generous deadline passes.
+    assert_eq!(dropped_eventually(&drops, 100), 100);
+}
+
+/// The drop count once it reaches `expected`, or after a generous deadline.
+///
+/// Overwritten entries wait in their publishing thread's limbo, which dropping the
+/// `Publisher` hands to the epoch collector; it frees them once every thread pinned
+/// before that has unpinned. Other tests in this binary pin too (one panics inside a
+/// borrow closure, and the panic hook prints a backtrace while its guard is still pinned),
+/// so this drives the collector until the count is reached or 20 s have passed.
+fn dropped_eventually(drops: &AtomicUsize, expected: usize) -> usize {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while drops.load(Ordering::SeqCst) < 100 && std::time::Instant::now() < deadline {
+    while drops.load(Ordering::SeqCst) < expected && std::time::Instant::now() < deadline {
         crossbeam_epoch::pin().flush();
         thread::yield_now();
     }
-    assert_eq!(drops.load(Ordering::SeqCst), 100);
+    drops.load(Ordering::SeqCst)
 }
 
 /// Owned references (`EntryRef`) held past their entry's overwrite, cloned and dropped on
@@ -449,13 +455,137 @@ fn entry_refs_held_and_cloned_across_threads_drop_every_value_once() {
         // Dropped here, after the ring itself is gone.
         drop(still_held);
     }
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while drops.load(Ordering::SeqCst) < PUBLISHED as usize && std::time::Instant::now() < deadline
-    {
-        crossbeam_epoch::pin().flush();
-        thread::yield_now();
+    assert_eq!(
+        dropped_eventually(&drops, PUBLISHED as usize),
+        PUBLISHED as usize
+    );
+}
+
+/// A value tagged with the sequence number it was published at, counting its drops.
+struct Tagged(u64, #[allow(dead_code)] Counted); // the `Counted` is held for its drop
+
+/// Publishes `Tagged` values until the memory of an overwritten entry is reused for a new
+/// one (at most `limit` publishes) and returns how many it took; every value is dropped
+/// exactly once. The entry a publish installs is observed through `publish_observed`.
+fn publish_until_an_entry_is_recycled(
+    p: &ring::Publisher<Tagged>,
+    drops: &Arc<AtomicUsize>,
+    limit: u64,
+) -> Option<u64> {
+    let mut seen = std::collections::HashSet::new();
+    for n in 0..limit {
+        let next = p.stats().published;
+        let mut at = 0;
+        p.publish_observed(Tagged(next, Counted(drops.clone())), |e| {
+            at = &**e as *const ring::Entry<Tagged> as usize;
+            assert_eq!((e.seq(), e.0), (next, next));
+        });
+        if !seen.insert(at) {
+            return Some(n + 1);
+        }
     }
-    assert_eq!(drops.load(Ordering::SeqCst), PUBLISHED as usize);
+    None
+}
+
+/// An entry taken out of its slot waits out its grace period in the publishing thread's
+/// limbo and is then reused for a later publish (no allocation), its old value dropped
+/// then; every value is still dropped exactly once.
+#[test]
+fn overwritten_entries_are_recycled_and_every_value_dropped_once() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    let published = {
+        let p = ring::ring::<Tagged>(cfg(64, 4));
+        let took = publish_until_an_entry_is_recycled(&p, &drops, 1_000_000);
+        assert!(took.is_some(), "no entry recycled in 1,000,000 publishes");
+        // Recycling dropped the values it overwrote, long before the ring goes.
+        assert!(drops.load(Ordering::SeqCst) > 0);
+        let mut s = p.subscribe_from(0);
+        let first = s.try_recv().unwrap(); // the startup segment keeps its entries
+        assert_eq!((first.seq(), first.0), (0, 0));
+        p.stats().published
+    };
+    assert_eq!(
+        dropped_eventually(&drops, published as usize),
+        published as usize
+    );
+}
+
+/// A value lent to a reader (`recv_with`) is neither dropped nor overwritten by recycling
+/// while the reader holds it, however many times the publisher laps the ring meanwhile.
+#[test]
+fn a_lent_entry_is_not_recycled_while_its_reader_holds_it() {
+    const LAPS: u64 = 2_000;
+    let drops = Arc::new(AtomicUsize::new(0));
+    let published = {
+        let p = ring::ring::<Tagged>(cfg(8, 0));
+        p.seal_startup();
+        let mut s = p.subscribe();
+        p.publish(Tagged(0, Counted(drops.clone())));
+        let (lent_tx, lent_rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let reader = thread::spawn(move || {
+            s.try_recv_with(|e| {
+                let before = (e.seq(), e.0);
+                lent_tx.send(()).unwrap();
+                done_rx.recv().unwrap();
+                (before, (e.seq(), e.0))
+            })
+            .unwrap()
+        });
+        lent_rx.recv().unwrap();
+        for _ in 0..LAPS * 8 {
+            let next = p.stats().published;
+            p.publish(Tagged(next, Counted(drops.clone())));
+        }
+        // The lent value is alive: of the 1 + LAPS * 8 values, at most those retired
+        // before the reader pinned its guard can have been dropped.
+        assert!(drops.load(Ordering::SeqCst) < (LAPS * 8) as usize);
+        done_tx.send(()).unwrap();
+        let (before, after) = reader.join().unwrap();
+        assert_eq!(before, (0, 0));
+        assert_eq!(after, (0, 0), "the lent entry was reused while lent");
+        p.stats().published
+    };
+    assert_eq!(
+        dropped_eventually(&drops, published as usize),
+        published as usize
+    );
+}
+
+/// A thread that publishes into rings of two value types recycles one type and hands the
+/// other to the collector; both rings deliver their own values and every value of both is
+/// dropped exactly once.
+#[test]
+fn one_thread_publishing_two_value_types_drops_each_value_once() {
+    const EACH: u64 = 20_000;
+    let drops = Arc::new(AtomicUsize::new(0));
+    {
+        let tagged = ring::ring::<Tagged>(cfg(16, 0));
+        let counted = ring::ring::<(u64, Counted)>(cfg(16, 0));
+        tagged.seal_startup();
+        counted.seal_startup();
+        let (mut st, mut sc) = (tagged.subscribe(), counted.subscribe());
+        let (mut got_t, mut got_c) = (0u64, 0u64);
+        for i in 0..EACH {
+            tagged.publish(Tagged(i, Counted(drops.clone())));
+            counted.publish((i, Counted(drops.clone())));
+            if i % 4 == 0 {
+                while let Ok(e) = st.try_recv() {
+                    assert_eq!(e.seq(), e.0);
+                    got_t += 1;
+                }
+                while let Ok(e) = sc.try_recv() {
+                    assert_eq!(e.seq(), e.0);
+                    got_c += 1;
+                }
+            }
+        }
+        assert!(got_t > 0 && got_c > 0);
+    }
+    assert_eq!(
+        dropped_eventually(&drops, 2 * EACH as usize),
+        2 * EACH as usize
+    );
 }
 
 #[test]
