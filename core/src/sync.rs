@@ -187,7 +187,8 @@ mod reclaim {
         foreign: Vec<Retired>,
         /// The marker that will cover what is retired from now on (the first is 1).
         next_marker: u64,
-        /// Objects pushed on `queue` since the last marker was deferred (below `BATCH`).
+        /// Objects retired (into `queue` or `foreign`) since the last marker was deferred
+        /// (below `BATCH`).
         since_marker: u64,
         /// The highest marker whose closure has run (0: none yet); written only by the
         /// markers' closures, on whatever thread crossbeam runs them. `None` until this
@@ -227,12 +228,6 @@ mod reclaim {
                 done: None,
             }))
         };
-    }
-
-    /// What `retire` hands to crossbeam once the limbo's borrow is released.
-    enum Deferral {
-        Marker(Arc<AtomicU64>, u64),
-        Batch(Vec<Retired>),
     }
 
     /// Hands `batch` to the collector: released once every guard pinned now is gone.
@@ -289,32 +284,45 @@ mod reclaim {
             let item: Retired = (ptr as usize, release::<R>);
             // Pushed under the borrow; crossbeam is called after it is released, since
             // pinning may run deferred closures that drop values whose drop publishes.
+            // What to hand to crossbeam: a marker, a batch of foreign objects.
             let deferral = LIMBO.try_with(|l| {
                 let mut l = l.0.borrow_mut();
                 let kind = TypeId::of::<R>();
                 if l.queue.is_empty() {
                     l.kind = Some((kind, item.1));
                 }
-                if l.kind.map(|(k, _)| k) != Some(kind) {
+                let mut batch = None;
+                if l.kind.map(|(k, _)| k) == Some(kind) {
+                    let marker = l.next_marker;
+                    l.queue.push_back((item.0, marker));
+                } else {
                     l.foreign.push(item);
-                    return (l.foreign.len() >= BATCH as usize)
-                        .then(|| Deferral::Batch(std::mem::take(&mut l.foreign)));
+                    if l.foreign.len() >= BATCH as usize {
+                        batch = Some(std::mem::take(&mut l.foreign));
+                    }
                 }
-                let marker = l.next_marker;
-                l.queue.push_back((item.0, marker));
+                // Counting every retirement, foreign ones too, so that the queue's newest
+                // entries get their marker even when this thread now retires only
+                // another type (and the queue can empty and take that type).
                 l.since_marker += 1;
                 if l.since_marker < BATCH {
-                    return None;
+                    return (None, batch);
                 }
                 l.since_marker = 0;
+                let marker = l.next_marker;
                 l.next_marker += 1;
                 let done = l.done.get_or_insert_with(|| Arc::new(AtomicU64::new(0)));
-                Some(Deferral::Marker(done.clone(), marker))
+                (Some((done.clone(), marker)), batch)
             });
             match deferral {
-                Ok(None) => {}
-                Ok(Some(Deferral::Marker(done, marker))) => defer_marker(done, marker),
-                Ok(Some(Deferral::Batch(batch))) => defer_all(batch),
+                Ok((marker, batch)) => {
+                    if let Some((done, marker)) = marker {
+                        defer_marker(done, marker);
+                    }
+                    if let Some(batch) = batch {
+                        defer_all(batch);
+                    }
+                }
                 // The thread is exiting and its limbo is gone: defer this one alone.
                 Err(_) => defer_all(vec![item]),
             }
@@ -326,27 +334,32 @@ mod reclaim {
         /// if there is no such `R` now; then allocate.
         #[inline]
         pub(crate) fn reuse<R: Release>(&self) -> Option<NonNull<R>> {
-            let addr = LIMBO
+            let (addr, release) = LIMBO
                 .try_with(|l| {
                     let mut l = l.0.borrow_mut();
-                    if l.kind.map(|(k, _)| k) != Some(TypeId::of::<R>()) {
-                        return None;
-                    }
+                    let (kind, release) = l.kind?;
                     // Acquire: pairs with the Release `fetch_max` of the markers' closures
                     // (see `defer_marker`).
                     let done = l.done.as_ref()?.load(Ordering::Acquire);
                     match l.queue.front() {
                         Some(&(addr, marker)) if marker <= done => {
                             l.queue.pop_front();
-                            Some(addr)
+                            Some((addr, (kind != TypeId::of::<R>()).then_some(release)))
                         }
                         _ => None,
                     }
                 })
                 .ok()
                 .flatten()?;
-            // Outside the borrow: `reclaim` may drop a value, and a value's drop may
-            // publish on this thread.
+            // Outside the borrow: releasing or reclaiming may drop a value, and a value's
+            // drop may publish on this thread.
+            if let Some(release) = release {
+                // Another type's (this thread now publishes `R`s): freed, one per call, so
+                // that the queue empties and takes `R`s. SAFETY: limbo's count, grace
+                // period over, unreachable.
+                unsafe { release(addr) };
+                return None;
+            }
             let ptr = addr as *const R;
             // SAFETY: we own a count of `ptr` (limbo's), its grace period is over (`done`
             // reached its marker) and it is unreachable from shared memory.

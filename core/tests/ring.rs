@@ -553,22 +553,24 @@ fn a_lent_entry_is_not_recycled_while_its_reader_holds_it() {
 }
 
 /// A thread that publishes into rings of two value types recycles one type and hands the
-/// other to the collector; both rings deliver their own values and every value of both is
-/// dropped exactly once.
+/// other to the collector; both rings deliver their own values. When the thread then
+/// publishes only the second type, the first type's overwritten values still get dropped
+/// while their ring lives (its limbo drains), and every value of both is dropped once.
 #[test]
 fn one_thread_publishing_two_value_types_drops_each_value_once() {
     const EACH: u64 = 20_000;
-    let drops = Arc::new(AtomicUsize::new(0));
-    {
-        let tagged = ring::ring::<Tagged>(cfg(16, 0));
-        let counted = ring::ring::<(u64, Counted)>(cfg(16, 0));
+    const CAPACITY: usize = 16;
+    let (drops_t, drops_c) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let published_c = {
+        let tagged = ring::ring::<Tagged>(cfg(CAPACITY, 0));
+        let counted = ring::ring::<(u64, Counted)>(cfg(CAPACITY, 0));
         tagged.seal_startup();
         counted.seal_startup();
         let (mut st, mut sc) = (tagged.subscribe(), counted.subscribe());
         let (mut got_t, mut got_c) = (0u64, 0u64);
         for i in 0..EACH {
-            tagged.publish(Tagged(i, Counted(drops.clone())));
-            counted.publish((i, Counted(drops.clone())));
+            tagged.publish(Tagged(i, Counted(drops_t.clone())));
+            counted.publish((i, Counted(drops_c.clone())));
             if i % 4 == 0 {
                 while let Ok(e) = st.try_recv() {
                     assert_eq!(e.seq(), e.0);
@@ -581,10 +583,22 @@ fn one_thread_publishing_two_value_types_drops_each_value_once() {
             }
         }
         assert!(got_t > 0 && got_c > 0);
-    }
+        drop((st, sc));
+        // Now only the second type, until every overwritten value of the first is dropped
+        // (the last CAPACITY are still in their slots).
+        let overwritten_t = EACH as usize - CAPACITY;
+        let mut i = EACH;
+        while drops_t.load(Ordering::SeqCst) < overwritten_t && i < 1_000_000 {
+            counted.publish((i, Counted(drops_c.clone())));
+            i += 1;
+        }
+        assert_eq!(drops_t.load(Ordering::SeqCst), overwritten_t);
+        i
+    };
+    assert_eq!(dropped_eventually(&drops_t, EACH as usize), EACH as usize);
     assert_eq!(
-        dropped_eventually(&drops, 2 * EACH as usize),
-        2 * EACH as usize
+        dropped_eventually(&drops_c, published_c as usize),
+        published_c as usize
     );
 }
 
