@@ -174,8 +174,8 @@ impl Default for RingConfig {
 }
 
 /// A published value with its sequence number. Subscribers share one `Entry` per value
-/// (one allocation, made or recycled by the publish); nothing is copied per subscriber. Borrowing
-/// receives lend `&Entry`; owning ones hand out an [`EntryRef`].
+/// (one allocation, made or recycled by the publish); nothing is copied per subscriber.
+/// Borrowing receives lend `&Entry`; owning ones hand out an [`EntryRef`].
 pub struct Entry<T> {
     /// Owners of this allocation: the slot that holds it (until a publisher has taken it
     /// out and its retirement has ended), its startup cell (until the ring is dropped) and

@@ -122,7 +122,7 @@ mod reclaim {
     /// *retired* into this thread's *limbo*, a FIFO queue, and is reused by a later publish
     /// on the same thread once its grace period is over. That keeps both the allocator and
     /// a deferred closure per 32 retired entries (run later on a cold batch) off the
-    /// publish path: about a third of a publish (`bench/RESULTS.md`). The queue holds one
+    /// publish path: a quarter of a publish's time (`bench/RESULTS.md`). The queue holds one
     /// type at a time; a thread that also publishes values of another type hands those
     /// entries to the collector 32 at a time, to be freed, as before recycling.
     ///
@@ -282,9 +282,9 @@ mod reclaim {
         #[inline]
         pub(crate) unsafe fn retire<R: Release>(&self, ptr: *const R) {
             let item: Retired = (ptr as usize, release::<R>);
-            // Pushed under the borrow; crossbeam is called after it is released, since
-            // pinning may run deferred closures that drop values whose drop publishes.
-            // What to hand to crossbeam: a marker, a batch of foreign objects.
+            // What to hand to crossbeam (a marker, a batch of foreign objects) is decided
+            // under the borrow and handed over after it is released, since pinning may
+            // run deferred closures that drop values whose drop publishes.
             let deferral = LIMBO.try_with(|l| {
                 let mut l = l.0.borrow_mut();
                 let kind = TypeId::of::<R>();
