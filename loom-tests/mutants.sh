@@ -36,6 +36,9 @@ MUTANTS=(
     # waking them: a live subscriber whose node it took never hears of the next value
     # (m4, the sweep model).
     sweep_forgets_wake
+    # Recycling checks an entry's count with a Relaxed load: the publisher can drop the old
+    # value and write a new entry before a subscriber's last read of it (m7).
+    relaxed_reclaim
 )
 
 unset RUSTC_WORKSPACE_WRAPPER

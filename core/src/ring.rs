@@ -282,7 +282,13 @@ impl<T: Send + Sync + 'static> sync::Release for Entry<T> {
         // Acquire: as in `Entry::release`, pairs with the other owners' Release
         // decrements; 1 means the caller's count is the only one and, since the entry is
         // unreachable and its grace period over, no other can appear.
-        if refs.load(Ordering::Acquire) != 1 {
+        #[cfg(not(herald_mutant = "relaxed_reclaim"))]
+        let load = Ordering::Acquire;
+        // Deliberate bug for loom-tests/mutants.sh: the last other owner's reads of the
+        // entry need not happen before we drop its value and write a new one in its place.
+        #[cfg(herald_mutant = "relaxed_reclaim")]
+        let load = Ordering::Relaxed;
+        if refs.load(load) != 1 {
             // SAFETY: the caller's count, given up.
             unsafe { Entry::release(this) };
             return false;

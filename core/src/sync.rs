@@ -16,8 +16,9 @@
 //!   same contract (a pointer retired while a guard is alive is not freed before that
 //!   guard is dropped), so the models check how the ring *uses* reclamation, not
 //!   crossbeam-epoch's internals (which crossbeam model-checks itself), nor the normal
-//!   build's per-thread limbo (which recycles an entry's memory where the stand-in frees
-//!   it and a fresh allocation follows; unit tests in `core/tests/ring.rs` check it).
+//!   build's per-thread limbo and its markers (unit tests in `core/tests/ring.rs` check
+//!   those). The stand-in recycles as the limbo does, so the models do check how an
+//!   entry's memory is reused: `Release::reclaim` and the new entry written into it.
 //! * **`SeqCst` accesses.** loom treats `SeqCst` loads and read-modify-writes as `AcqRel`
 //!   (loom issue #180), which would make the publisher's lost-wakeup check look broken.
 //!   [`loom_seqcst_fence`] is a `SeqCst` fence under loom and nothing otherwise; under the
@@ -101,7 +102,6 @@ pub(crate) trait Release: Send + Sync + 'static {
     /// # Safety
     /// As `release`, and `this` is unreachable from shared memory and its grace period is
     /// over: no guard can load it and no new count can be taken but from an existing one.
-    #[cfg_attr(herald_loom, allow(dead_code))]
     unsafe fn reclaim(this: *const Self) -> bool;
 }
 
@@ -383,24 +383,57 @@ mod reclaim {
 
 #[cfg(herald_loom)]
 mod reclaim {
-    use super::Release;
+    use std::any::TypeId;
+    use std::collections::VecDeque;
+    use std::ptr::NonNull;
+
+    use super::{AtomicUsize, Ordering, Release};
     use loom::sync::Mutex;
 
-    struct Retired(Box<dyn FnOnce()>);
-    // SAFETY: only releases of `Release` objects, which are `Send + Sync`, are retired.
-    unsafe impl Send for Retired {}
+    /// A retired object: its address (owning one count), its type, and the function that
+    /// gives up that count.
+    struct Held {
+        addr: usize,
+        kind: TypeId,
+        release: unsafe fn(usize),
+    }
+    // SAFETY: only `Release` objects, which are `Send + Sync`, are held.
+    unsafe impl Send for Held {}
+
+    /// Releases one count of the `R` at address `addr`.
+    ///
+    /// # Safety
+    /// As [`Release::release`] for `addr as *const R`.
+    unsafe fn release<R: Release>(addr: usize) {
+        // SAFETY: as the function's contract says.
+        unsafe { R::release(addr as *const R) }
+    }
 
     #[derive(Default)]
     struct State {
+        /// Live guards.
         active: usize,
-        retired: Vec<Retired>,
+        /// Retired while a guard was live: not reusable before the guards are all gone.
+        pending: Vec<Held>,
+        /// Grace period over: reusable (or released with the reclaimer).
+        ready: VecDeque<Held>,
     }
 
-    /// Loom-visible stand-in for epochs: counts live guards and frees what was retired
-    /// the moment the count drops to zero.
+    /// Loom-visible stand-in for epochs and the normal build's limbo: counts live guards;
+    /// what is retired becomes reusable the moment the count is zero (at once if it is
+    /// zero already), and `reuse` hands it out as the limbo does, so the models check the
+    /// recycling too (`Release::reclaim` and the write of a new entry into reused memory).
+    ///
+    /// `reuse` looks at `ready_len` before it takes the lock, so that a publish with nothing
+    /// to reuse takes no lock: loom's `Mutex` forgets a pending `unpark` of a thread that
+    /// blocks on it (its `set_runnable`), which would turn a subscriber contending with a
+    /// publisher here into a false deadlock in the parking models. (No real mutex consumes
+    /// park tokens; the normal build takes no lock at all.)
     #[derive(Default)]
     pub(crate) struct Reclaimer {
         state: Mutex<State>,
+        /// `state.ready.len()`, written under the lock.
+        ready_len: AtomicUsize,
     }
 
     impl std::fmt::Debug for Reclaimer {
@@ -421,63 +454,89 @@ mod reclaim {
             Guard(self)
         }
 
-        /// See the normal build's `Reclaimer::retire`. Frees at once if no guard is
+        /// See the normal build's `Reclaimer::retire`. Reusable at once if no guard is
         /// alive (a guard pinned after this lock is ordered after the caller's unlink, so
         /// it cannot load `ptr`), else when the last live guard is dropped.
         ///
         /// # Safety
         /// As there.
         pub(crate) unsafe fn retire<R: Release>(&self, ptr: *const R) {
-            let ptr = ptr as usize;
-            let free = move || {
-                // SAFETY: the caller gave up this count to us.
-                unsafe { R::release(ptr as *const R) }
+            let held = Held {
+                addr: ptr as usize,
+                kind: TypeId::of::<R>(),
+                release: release::<R>,
             };
             let mut state = self.state.lock().unwrap();
             if state.active == 0 {
-                drop(state);
-                free();
+                state.ready.push_back(held);
+                // Release: pairs with the Acquire load in `reuse` (only a hint: the lock
+                // orders the list itself).
+                self.ready_len.store(state.ready.len(), Ordering::Release);
             } else {
-                state.retired.push(Retired(Box::new(free)));
+                state.pending.push(held);
+            }
+        }
+
+        /// See the normal build's `Reclaimer::reuse`: the oldest reusable `R`, if it was
+        /// the caller's alone.
+        pub(crate) fn reuse<R: Release>(&self) -> Option<NonNull<R>> {
+            // Acquire: pairs with the Release stores under the lock; 0 may be stale, which
+            // only means no reuse this time.
+            if self.ready_len.load(Ordering::Acquire) == 0 {
+                return None;
+            }
+            let held = {
+                let mut state = self.state.lock().unwrap();
+                let at = state
+                    .ready
+                    .iter()
+                    .position(|h| h.kind == TypeId::of::<R>())?;
+                let held = state.ready.remove(at)?;
+                // Release: as in `retire`.
+                self.ready_len.store(state.ready.len(), Ordering::Release);
+                held
+            };
+            let ptr = held.addr as *const R;
+            // SAFETY: we own a count of `ptr` (the reclaimer's), its grace period is over
+            // (it is ready) and it is unreachable from shared memory.
+            if unsafe { R::reclaim(ptr) } {
+                // SAFETY: from a non-null address; `reclaim` made it ours.
+                Some(unsafe { NonNull::new_unchecked(ptr as *mut R) })
+            } else {
+                None
             }
         }
     }
 
-    impl Reclaimer {
-        /// The normal build recycles retired memory; under loom every entry is allocated
-        /// anew and freed by `retire`, so the models check the protocol that decides when
-        /// an entry may be freed (a recycled entry is one freed and allocated again).
-        pub(crate) fn reuse<R: Release>(&self) -> Option<std::ptr::NonNull<R>> {
-            None
-        }
-    }
-
     /// The normal build hands its per-thread limbo to the collector here; under loom
-    /// nothing waits in limbo.
+    /// what is retired stays with its ring's reclaimer.
     pub(crate) fn flush_retired() {}
 
     impl Drop for Guard<'_> {
         fn drop(&mut self) {
-            let freed = {
-                let mut state = self.0.state.lock().unwrap();
-                state.active -= 1;
-                if state.active == 0 {
-                    std::mem::take(&mut state.retired)
-                } else {
-                    Vec::new()
-                }
-            };
-            for Retired(f) in freed {
-                f();
+            let mut state = self.0.state.lock().unwrap();
+            state.active -= 1;
+            if state.active == 0 && !state.pending.is_empty() {
+                let pending = std::mem::take(&mut state.pending);
+                state.ready.extend(pending);
+                // Release: as in `retire`.
+                self.0.ready_len.store(state.ready.len(), Ordering::Release);
             }
         }
     }
 
     impl Drop for Reclaimer {
         fn drop(&mut self) {
-            let retired = std::mem::take(&mut self.state.lock().unwrap().retired);
-            for Retired(f) in retired {
-                f();
+            let state = self.state.get_mut().unwrap();
+            let held: Vec<Held> = state
+                .pending
+                .drain(..)
+                .chain(state.ready.drain(..))
+                .collect();
+            for h in held {
+                // SAFETY: the reclaimer's count; the ring is being dropped, so no guard
+                // is alive and nothing can reach `h.addr` any more.
+                unsafe { (h.release)(h.addr) };
             }
         }
     }

@@ -2,7 +2,8 @@
 //! `seal_startup()`. It receives every startup event (those before the seal point) exactly
 //! once, then every live event from its join point: no gap, no duplicate. And the startup
 //! segment keeps exactly the events published before the seal: once the ring has lapped
-//! them, the live events are freed and the startup events are not.
+//! them and their memory is reused, the live events are dropped and the startup events
+//! are not.
 #![cfg(herald_loom)]
 
 use std::sync::Mutex;
@@ -19,7 +20,7 @@ static OUTCOMES: Mutex<Vec<(u64, u64)>> = Mutex::new(Vec::new());
 #[test]
 fn subscribe_races_publish_and_seal() {
     check("subscribe_races_publish_and_seal", || {
-        let log = DropLog::new(5);
+        let log = DropLog::new(6);
         let publisher = ring::<Payload>(RingConfig {
             capacity: 2,
             startup_capacity: 4,
@@ -68,18 +69,24 @@ fn subscribe_races_publish_and_seal() {
             }
         }
 
-        // Overwrite events 1 and 2 in the ring (event 0 already was, by event 2): each one
-        // that is live is then freed (nobody holds it), each startup one is kept.
-        assert_eq!(publisher.publish(Payload::logged(LABEL + 3, &log, 3)), 3);
-        assert_eq!(publisher.publish(Payload::logged(LABEL + 4, &log, 4)), 4);
+        // Overwrite events 1, 2 and 3 in the ring (event 0 already was, by event 2). Each
+        // publish first reuses the entry the one before it overwrote (no guard is pinned):
+        // a live one (nobody holds it) has its value dropped then, a startup one is kept
+        // by its startup cell and the publish allocates instead.
+        for seq in 3..6 {
+            assert_eq!(
+                publisher.publish(Payload::logged(LABEL + seq, &log, seq as usize)),
+                seq
+            );
+        }
         let flags = log.flags();
         for (seq, dropped) in flags.iter().enumerate().take(3) {
             let startup = (seq as u64) < seal;
             assert_eq!(*dropped, !startup, "event {seq}, seal {seal}: {flags:?}");
         }
         assert!(
-            !flags[3] && !flags[4],
-            "events 3 and 4 are in the ring: {flags:?}"
+            !flags[3] && !flags[4] && !flags[5],
+            "event 3 waits for reuse, 4 and 5 are in the ring: {flags:?}"
         );
 
         // A subscriber joining now replays exactly the startup segment.

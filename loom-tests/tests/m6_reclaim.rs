@@ -1,8 +1,9 @@
 //! Model 6: reclamation. The producer overwrites the entry a subscriber is reading (a
 //! 2-slot ring, three values). The payload is not freed while the subscriber holds it (it
 //! reads the payload's loom-tracked body and checks its drop flag, in loom atomics, is
-//! clear), is freed exactly once as soon as nobody holds it, and nothing leaks (each entry
-//! and payload holds a loom `Arc`, and loom fails the model on a leaked one).
+//! clear). Once nobody holds it, the next publish reuses its entry and drops it there,
+//! exactly once, and nothing leaks (each entry and payload holds a loom `Arc`, and loom
+//! fails the model on a leaked one).
 #![cfg(herald_loom)]
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,7 +22,7 @@ fn overwritten_entry_is_neither_freed_early_nor_leaked() {
     check(
         "overwritten_entry_is_neither_freed_early_nor_leaked",
         || {
-            let log = DropLog::new(EVENTS as usize);
+            let log = DropLog::new(EVENTS as usize + 1);
             let publisher = ring::<Payload>(RingConfig {
                 capacity: 2,
                 startup_capacity: 0,
@@ -60,15 +61,19 @@ fn overwritten_entry_is_neither_freed_early_nor_leaked() {
             }
             let (mut sub, mut t) = reader.join().unwrap();
             // Quiescent: the reader dropped what it held, no guard is pinned. Event 0 was
-            // overwritten by event 2 and is freed; events 1 and 2 are still in the ring.
-            assert_eq!(log.flags(), vec![true, false, false]);
+            // overwritten by event 2 and waits for reuse; events 1 and 2 are in the ring.
+            assert_eq!(log.flags(), vec![false; EVENTS as usize + 1]);
+            // The next publish reuses event 0's entry: its payload is dropped there.
+            let last = Payload::logged(EVENTS, &log, EVENTS as usize);
+            assert_eq!(publisher.publish(last), EVENTS);
+            assert_eq!(log.flags(), vec![true, false, false, false]);
             drop(publisher);
-            t.drain(&mut sub, Step::Closed, 4);
-            let (received, missed) = t.verify(0, EVENTS, |seq| seq);
-            assert_eq!(received + missed, EVENTS);
+            t.drain(&mut sub, Step::Closed, 6);
+            let (received, missed) = t.verify(0, EVENTS + 1, |seq| seq);
+            assert_eq!(received + missed, EVENTS + 1);
             drop(sub);
             // The ring is gone: everything freed once (a second drop panics in the log).
-            assert_eq!(log.flags(), vec![true; EVENTS as usize]);
+            assert_eq!(log.flags(), vec![true; EVENTS as usize + 1]);
         },
     );
     assert!(
