@@ -11,10 +11,11 @@
 //!
 //! * **Reclamation.** `crossbeam-epoch`'s global collector is a process-wide static that
 //!   loom cannot reset between executions. Under loom, [`Reclaimer`] is a small
-//!   reader-counting scheme (a retired pointer is freed at once if no guard is alive, else
-//!   when the last live guard is dropped) built on loom's `Mutex`. It gives the ring the
-//!   same contract (a pointer retired while a guard is alive is not freed before that
-//!   guard is dropped), so the models check how the ring *uses* reclamation, not
+//!   reader-counting scheme built on loom's `Mutex`: a retired pointer becomes reusable
+//!   at once if no guard is alive, else when the last live guard is dropped, and the ring
+//!   frees what is left when it goes. It gives the ring the same contract (a pointer
+//!   retired while a guard is alive is not reused or freed before that guard is
+//!   dropped), so the models check how the ring *uses* reclamation, not
 //!   crossbeam-epoch's internals (which crossbeam model-checks itself), nor the normal
 //!   build's per-thread limbo and its markers (unit tests in `core/tests/ring.rs` check
 //!   those). The stand-in recycles as the limbo does, so the models do check how an
