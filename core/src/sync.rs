@@ -193,7 +193,9 @@ mod reclaim {
         since_marker: u64,
         /// The highest marker whose closure has run (0: none yet); written only by the
         /// markers' closures, on whatever thread crossbeam runs them. `None` until this
-        /// thread defers its first marker.
+        /// thread defers its first marker. Closures may run out of order; that is fine,
+        /// since marker `m` was deferred after every earlier one, so when it runs every
+        /// guard that an earlier marker waits for is gone too.
         done: Option<Arc<AtomicU64>>,
     }
 
