@@ -189,14 +189,19 @@ pub struct Entry<T> {
 }
 
 impl<T> Entry<T> {
-    /// A new entry with one count (the caller's); its sequence number is set when it is
-    /// published.
-    fn new(value: T) -> NonNull<Self> {
-        NonNull::from(Box::leak(Box::new(Entry {
+    /// An entry holding `value` with one count (the caller's); its sequence number is set
+    /// when it is published.
+    fn fresh(value: T) -> Self {
+        Entry {
             refs: AtomicUsize::new(1),
             seq: AtomicU64::new(0),
             value,
-        })))
+        }
+    }
+
+    /// A new allocation of [`fresh`](Self::fresh)`(value)`.
+    fn new(value: T) -> NonNull<Self> {
+        NonNull::from(Box::leak(Box::new(Self::fresh(value))))
     }
 
     /// Takes one more count on `this`.
@@ -535,13 +540,7 @@ impl<T: Send + Sync + 'static> Shared<T> {
             Some(memory) => {
                 // SAFETY: `reuse` hands us uninitialised memory for an `Entry<T>`,
                 // allocated as a `Box`, that nobody else can reach.
-                unsafe {
-                    memory.as_ptr().write(Entry {
-                        refs: AtomicUsize::new(1),
-                        seq: AtomicU64::new(0),
-                        value,
-                    })
-                };
+                unsafe { memory.as_ptr().write(Entry::fresh(value)) };
                 memory
             }
             None => Entry::new(value),

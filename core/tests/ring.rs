@@ -381,23 +381,23 @@ fn every_value_is_dropped_exactly_once() {
         drop(held);
         drop(s);
     }
-    assert_eq!(dropped_eventually(&drops, 100), 100);
+    assert_dropped_eventually(&drops, 100);
 }
 
-/// The drop count once it reaches `expected`, or after a generous deadline.
+/// Asserts that the drop count reaches exactly `expected` (waiting a generous deadline).
 ///
 /// Overwritten entries wait in their publishing thread's limbo, which dropping the
 /// `Publisher` hands to the epoch collector; it frees them once every thread pinned
 /// before that has unpinned. Other tests in this binary pin too (one panics inside a
 /// borrow closure, and the panic hook prints a backtrace while its guard is still pinned),
 /// so this drives the collector until the count is reached or 20 s have passed.
-fn dropped_eventually(drops: &AtomicUsize, expected: usize) -> usize {
+fn assert_dropped_eventually(drops: &AtomicUsize, expected: usize) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while drops.load(Ordering::SeqCst) < expected && std::time::Instant::now() < deadline {
         crossbeam_epoch::pin().flush();
         thread::yield_now();
     }
-    drops.load(Ordering::SeqCst)
+    assert_eq!(drops.load(Ordering::SeqCst), expected);
 }
 
 /// Owned references (`EntryRef`) held past their entry's overwrite, cloned and dropped on
@@ -455,10 +455,7 @@ fn entry_refs_held_and_cloned_across_threads_drop_every_value_once() {
         // Dropped here, after the ring itself is gone.
         drop(still_held);
     }
-    assert_eq!(
-        dropped_eventually(&drops, PUBLISHED as usize),
-        PUBLISHED as usize
-    );
+    assert_dropped_eventually(&drops, PUBLISHED as usize);
 }
 
 /// A value tagged with the sequence number it was published at, counting its drops.
@@ -504,10 +501,7 @@ fn overwritten_entries_are_recycled_and_every_value_dropped_once() {
         assert_eq!((first.seq(), first.0), (0, 0));
         p.stats().published
     };
-    assert_eq!(
-        dropped_eventually(&drops, published as usize),
-        published as usize
-    );
+    assert_dropped_eventually(&drops, published as usize);
 }
 
 /// A value lent to a reader (`recv_with`) is neither dropped nor overwritten by recycling
@@ -546,10 +540,7 @@ fn a_lent_entry_is_not_recycled_while_its_reader_holds_it() {
         assert_eq!(after, (0, 0), "the lent entry was reused while lent");
         p.stats().published
     };
-    assert_eq!(
-        dropped_eventually(&drops, published as usize),
-        published as usize
-    );
+    assert_dropped_eventually(&drops, published as usize);
 }
 
 /// A thread that publishes into rings of two value types recycles one type and hands the
@@ -595,11 +586,8 @@ fn one_thread_publishing_two_value_types_drops_each_value_once() {
         assert_eq!(drops_t.load(Ordering::SeqCst), overwritten_t);
         i
     };
-    assert_eq!(dropped_eventually(&drops_t, EACH as usize), EACH as usize);
-    assert_eq!(
-        dropped_eventually(&drops_c, published_c as usize),
-        published_c as usize
-    );
+    assert_dropped_eventually(&drops_t, EACH as usize);
+    assert_dropped_eventually(&drops_c, published_c as usize);
 }
 
 #[test]
