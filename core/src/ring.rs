@@ -588,6 +588,7 @@ impl<T: Send + Sync + 'static> Shared<T> {
     /// sequence number, so the loop ends, and the newest entry always ends up in the slot.
     /// Meanwhile a reader may briefly see our older entry: at its own cursor it delivers
     /// it (in order), below its cursor it waits and is woken by our `notify`.
+    #[inline]
     fn install(&self, seq: u64, new: *mut Entry<T>) {
         let slot = &self.slots[(seq & self.mask) as usize];
         let (mut holding, mut holding_seq) = (new, seq);
