@@ -112,6 +112,7 @@ mod reclaim {
     use std::cell::RefCell;
     use std::collections::VecDeque;
     use std::ptr::NonNull;
+    use std::time::{Duration, Instant};
 
     use super::{Arc, AtomicU64, Ordering, Release};
 
@@ -138,14 +139,29 @@ mod reclaim {
     /// took earlier ([`Release::reclaim`] checks those).
     ///
     /// **What waits in limbo.** Entries retired since this thread's last marker (up to
-    /// `BATCH - 1`), and those whose marker has not run yet: crossbeam keeps up to 64
+    /// `BATCH - 1`), and those whose marker has not run yet. crossbeam keeps up to 64
     /// deferred closures per thread before it seals them for collection, and collects
-    /// sealed ones only as epochs advance. One thread publishing flat out holds about
+    /// sealed ones only as epochs advance, so one thread publishing flat out holds about
     /// 10,000 overwritten entries (and their values) in limbo (measured with a 4096-slot
     /// ring); before recycling, crossbeam held about 2,000 in the thread's bag plus the
-    /// sealed batches not yet collected. They are reused by this thread's next publishes,
-    /// handed to the collector when a `Publisher` is dropped on this thread
-    /// ([`flush_retired`]), or at thread exit.
+    /// sealed batches not yet collected. A publish takes one entry out and puts one in, so
+    /// the queue keeps the length it grew to.
+    ///
+    /// **Slow threads keep little.** A node publishes a few events a second, from whichever
+    /// thread; waiting for 64 markers would keep thousands of values alive per thread for
+    /// minutes. So every `CHECK_EVERY`-th marker a thread reads the clock: if its last
+    /// `CHECK_EVERY × BATCH` retirements took at least [`SLOW`] it publishes slowly, and it
+    /// flushes its bag to the collector (its markers then run as soon as the epoch has
+    /// advanced twice) and frees the entries past their grace period beyond the first
+    /// [`SLOW_KEEP`]. Measured (`core/tests/limbo.rs`, 64-slot ring): a slow publisher
+    /// keeps at most 256 values beyond the ring (5,936 before this check), and the 10,272 a
+    /// burst left behind are down to 144 after 1,000 slow publishes. A fast thread is
+    /// left alone: it reads the clock once per 128 publishes and flushes at most once a
+    /// millisecond.
+    ///
+    /// Entries in limbo are reused by this thread's next publishes, handed to the collector
+    /// when a `Publisher` is dropped on this thread ([`flush_retired`]), or at thread
+    /// exit; a thread that stops publishing keeps what its limbo held then.
     #[derive(Debug, Default)]
     pub(crate) struct Reclaimer;
 
@@ -158,6 +174,14 @@ mod reclaim {
 
     /// Retirements per marker (and the size of a batch handed to the collector).
     const BATCH: u64 = 32;
+    /// Markers between two checks of how fast this thread retires.
+    const CHECK_EVERY: u64 = 4;
+    /// A thread whose last `CHECK_EVERY × BATCH` retirements took at least this long
+    /// publishes *slowly* (fewer than 128,000 a second).
+    const SLOW: Duration = Duration::from_millis(1);
+    /// Entries past their grace period that a slowly publishing thread keeps in limbo for
+    /// reuse; it frees the rest at each check.
+    const SLOW_KEEP: usize = 4 * BATCH as usize;
 
     /// A retired object and the function that releases it.
     type Retired = (usize, unsafe fn(usize));
@@ -197,9 +221,45 @@ mod reclaim {
         /// since marker `m` was deferred after every earlier one, so when it runs every
         /// guard that an earlier marker waits for is gone too.
         done: Option<Arc<AtomicU64>>,
+        /// When this thread last checked how fast it retires (every `CHECK_EVERY`-th
+        /// marker); `None` before the first check.
+        checked: Option<Instant>,
     }
 
     impl Limbo {
+        /// At every `CHECK_EVERY`-th marker: if this thread publishes slowly, takes the
+        /// entries past their grace period beyond the first `SLOW_KEEP` out of the queue
+        /// (for the caller to free) and returns `true` (the caller then flushes this
+        /// thread's deferred markers to the collector, instead of letting them wait until
+        /// 64 have filled crossbeam's bag). A fast thread needs its long queue: its markers
+        /// run in bags, thousands of entries at a time.
+        fn check_pace(&mut self, marker: u64, trimmed: &mut Vec<Retired>) -> bool {
+            if !marker.is_multiple_of(CHECK_EVERY) {
+                return false;
+            }
+            let now = Instant::now();
+            let slow = self
+                .checked
+                .is_none_or(|then| now.duration_since(then) >= SLOW);
+            self.checked = Some(now);
+            let (Some((_, release)), Some(done), true) = (self.kind, &self.done, slow) else {
+                return slow;
+            };
+            // Acquire: pairs with the Release `fetch_max` of the markers' closures (see
+            // `defer_marker`).
+            let done = done.load(Ordering::Acquire);
+            while self.queue.len() > SLOW_KEEP {
+                match self.queue.front() {
+                    Some(&(addr, marker)) if marker <= done => {
+                        self.queue.pop_front();
+                        trimmed.push((addr, release));
+                    }
+                    _ => break,
+                }
+            }
+            true
+        }
+
         /// Everything in limbo, for the collector.
         fn take_all(&mut self) -> Vec<Retired> {
             self.since_marker = 0;
@@ -229,6 +289,7 @@ mod reclaim {
                 next_marker: 1,
                 since_marker: 0,
                 done: None,
+                checked: None,
             }))
         };
     }
@@ -252,8 +313,40 @@ mod reclaim {
         }
     }
 
-    /// Defers marker `marker`: once it runs, `done` holds at least `marker`.
-    fn defer_marker(done: Arc<AtomicU64>, marker: u64) {
+    /// What a retirement hands to crossbeam, or frees, once the limbo's borrow has ended
+    /// (pinning may run deferred closures, and freeing drops values, whose drop may
+    /// publish on this thread).
+    #[derive(Default)]
+    struct Deferral {
+        /// A marker to defer: `done`, its number, and whether to flush the bag after it.
+        marker: Option<(Arc<AtomicU64>, u64, bool)>,
+        /// Objects of another type than the queue's, to be freed after a grace period.
+        batch: Vec<Retired>,
+        /// Entries past their grace period that a slow thread does not keep.
+        trimmed: Vec<Retired>,
+    }
+
+    impl Deferral {
+        /// Once per `BATCH` retirements: out of the publish path's way.
+        #[inline(never)]
+        fn run(self) {
+            for (addr, release) in self.trimmed {
+                // SAFETY: limbo's count, grace period over (`done` reached the entry's
+                // marker), unreachable from shared memory.
+                unsafe { release(addr) };
+            }
+            if let Some((done, marker, flush)) = self.marker {
+                defer_marker(done, marker, flush);
+            }
+            defer_all(self.batch);
+        }
+    }
+
+    /// Defers marker `marker`: once it runs, `done` holds at least `marker`. With `flush`,
+    /// hands this thread's bag of deferred closures to the collector now (and lets it
+    /// collect), so that the marker runs after the next epoch advances rather than after
+    /// 64 closures have filled the bag.
+    fn defer_marker(done: Arc<AtomicU64>, marker: u64, flush: bool) {
         let guard = crossbeam_epoch::pin();
         // SAFETY: the closure only writes an atomic it owns a count of (it is `Send`
         // and `'static`), so running it on any thread, at any later time, is sound.
@@ -263,6 +356,9 @@ mod reclaim {
                 // happens after every guard this marker waited for was dropped.
                 done.fetch_max(marker, Ordering::Release);
             });
+        }
+        if flush {
+            guard.flush();
         }
     }
 
@@ -309,23 +405,26 @@ mod reclaim {
                 // another type (and the queue can empty and take that type).
                 l.since_marker += 1;
                 if l.since_marker < BATCH {
-                    return (None, batch);
+                    return batch.map(|batch| Deferral {
+                        batch,
+                        ..Deferral::default()
+                    });
                 }
                 l.since_marker = 0;
                 let marker = l.next_marker;
                 l.next_marker += 1;
+                let mut trimmed = Vec::new();
+                let flush = l.check_pace(marker, &mut trimmed);
                 let done = l.done.get_or_insert_with(|| Arc::new(AtomicU64::new(0)));
-                (Some((done.clone(), marker)), batch)
+                Some(Deferral {
+                    marker: Some((done.clone(), marker, flush)),
+                    batch: batch.unwrap_or_default(),
+                    trimmed,
+                })
             });
             match deferral {
-                Ok((marker, batch)) => {
-                    if let Some((done, marker)) = marker {
-                        defer_marker(done, marker);
-                    }
-                    if let Some(batch) = batch {
-                        defer_all(batch);
-                    }
-                }
+                Ok(None) => {}
+                Ok(Some(deferral)) => deferral.run(),
                 // The thread is exiting and its limbo is gone: defer this one alone.
                 Err(_) => defer_all(vec![item]),
             }

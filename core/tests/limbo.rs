@@ -1,0 +1,111 @@
+//! How many overwritten values a publishing thread keeps alive beyond the ring's own
+//! capacity: its *limbo* (`core/src/sync.rs`), where overwritten entries wait out their
+//! grace period before a later publish reuses them.
+//!
+//! A binary of its own, and its tests one at a time (`SERIAL`), so that no other test's
+//! threads are pinned to the epoch while these count: an epoch advances only once every
+//! pinned thread has caught up.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use herald_core::ring::{self, Publisher, RingConfig};
+
+/// Ring capacity: small, so that nearly every publish overwrites (and retires) an entry.
+const CAPACITY: usize = 64;
+/// Most values beyond the ring's capacity a slow publisher may keep alive. The limbo keeps
+/// up to 128 of them past their grace period (`SLOW_KEEP`) and, at most, those retired
+/// during the last few checks (128 retirements each) whose grace period is not over; before
+/// the fix a slow publisher kept every value until 64 markers had filled crossbeam's bag
+/// (2,048 retirements) and the epoch had advanced twice more, well over 4,000.
+const BOUND: usize = 1024;
+
+/// Held by each test while it runs.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// A value that counts itself alive.
+struct Counted(Arc<AtomicUsize>);
+
+impl Counted {
+    fn new(alive: &Arc<AtomicUsize>) -> Self {
+        alive.fetch_add(1, Ordering::SeqCst);
+        Counted(alive.clone())
+    }
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+fn sealed_ring() -> Publisher<Counted> {
+    let p = ring::ring::<Counted>(RingConfig {
+        capacity: CAPACITY,
+        startup_capacity: 0,
+    });
+    p.seal_startup();
+    p
+}
+
+/// Publishes `n` values slowly (a pause of 2 ms after every 64, so that each of the limbo's
+/// checks, one per 128 retirements, finds the thread slow) and returns the most values alive
+/// beyond the ring's capacity seen after any publish.
+fn publish_slowly(p: &Publisher<Counted>, alive: &Arc<AtomicUsize>, n: usize) -> usize {
+    let mut most = 0;
+    for i in 0..n {
+        p.publish(Counted::new(alive));
+        most = most.max(alive.load(Ordering::SeqCst).saturating_sub(CAPACITY));
+        if i % 64 == 63 {
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+    most
+}
+
+/// A node publishes a few events a second, from whichever thread: each publishing thread
+/// must keep few overwritten values alive, not thousands.
+#[test]
+fn a_slow_publisher_keeps_few_overwritten_values_alive() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let alive = Arc::new(AtomicUsize::new(0));
+    let p = sealed_ring();
+    let most = publish_slowly(&p, &alive, 6_000);
+    eprintln!("most values alive beyond the ring: {most}");
+    assert!(
+        most <= BOUND,
+        "a slow publisher kept up to {most} overwritten values alive (bound {BOUND})"
+    );
+    drop(p);
+    // Dropping the publisher hands the limbo to the collector; nothing is leaked.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while alive.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
+        crossbeam_epoch::pin().flush();
+        thread::yield_now();
+    }
+    assert_eq!(alive.load(Ordering::SeqCst), 0);
+}
+
+/// After a burst (the limbo grows to thousands of entries while markers lag), a thread that
+/// goes back to publishing slowly frees what the burst left behind within a few checks.
+#[test]
+fn a_burst_backlog_is_freed_once_the_thread_publishes_slowly() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let alive = Arc::new(AtomicUsize::new(0));
+    let p = sealed_ring();
+    for _ in 0..50_000 {
+        p.publish(Counted::new(&alive));
+    }
+    let after_burst = alive.load(Ordering::SeqCst) - CAPACITY;
+    // Slow publishing: the backlog's grace periods end and it is trimmed.
+    publish_slowly(&p, &alive, 1_000);
+    let now = alive.load(Ordering::SeqCst) - CAPACITY;
+    eprintln!("beyond the ring: {after_burst} after the burst, {now} after slow publishes");
+    assert!(
+        now <= BOUND,
+        "after the burst ({after_burst} beyond the ring) and 1,000 slow publishes, \
+         {now} overwritten values are still alive (bound {BOUND})"
+    );
+}
