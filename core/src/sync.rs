@@ -153,11 +153,11 @@ mod reclaim {
     /// `CHECK_EVERY × BATCH` retirements took at least [`SLOW`] it publishes slowly, and it
     /// flushes its bag to the collector (its markers then run as soon as the epoch has
     /// advanced twice) and frees the entries past their grace period beyond the first
-    /// [`SLOW_KEEP`]. Measured (`core/tests/limbo.rs`, 64-slot ring): a slow publisher
-    /// keeps at most 256 values beyond the ring (5,936 before this check), and the 10,272 a
-    /// burst left behind are down to 144 after 1,000 slow publishes. A fast thread is
-    /// left alone: it reads the clock once per 128 publishes and flushes at most once a
-    /// millisecond.
+    /// [`SLOW_KEEP`], at most [`TRIM_MAX`] per check. Measured (`core/tests/limbo.rs`,
+    /// 64-slot ring): a slow publisher keeps at most 256 values beyond the ring (5,936
+    /// before this check), and the 10,272 a burst left behind are down to 256 after 2,500
+    /// slow publishes, no publish freeing more than 1,025. A fast thread is left alone: it
+    /// reads the clock once per 128 publishes and flushes at most once a millisecond.
     ///
     /// Entries in limbo are reused by this thread's next publishes, handed to the collector
     /// when a `Publisher` is dropped on this thread ([`flush_retired`]), or at thread
@@ -182,6 +182,9 @@ mod reclaim {
     /// Entries past their grace period that a slowly publishing thread keeps in limbo for
     /// reuse; it frees the rest at each check.
     const SLOW_KEEP: usize = 4 * BATCH as usize;
+    /// Most entries one check frees, so that the publish that runs it stays short (each
+    /// freed entry drops its value): a burst's backlog of thousands goes over a few checks.
+    const TRIM_MAX: usize = 1024;
 
     /// A retired object and the function that releases it.
     type Retired = (usize, unsafe fn(usize));
@@ -228,8 +231,8 @@ mod reclaim {
 
     impl Limbo {
         /// At every `CHECK_EVERY`-th marker: if this thread publishes slowly, takes the
-        /// entries past their grace period beyond the first `SLOW_KEEP` out of the queue
-        /// (for the caller to free) and returns `true` (the caller then flushes this
+        /// entries past their grace period beyond the first `SLOW_KEEP` (at most
+        /// `TRIM_MAX` of them) out of the queue (for the caller to free) and returns `true` (the caller then flushes this
         /// thread's deferred markers to the collector, instead of letting them wait until
         /// 64 have filled crossbeam's bag). A fast thread needs its long queue: its markers
         /// run in bags, thousands of entries at a time.
@@ -248,7 +251,7 @@ mod reclaim {
             // Acquire: pairs with the Release `fetch_max` of the markers' closures (see
             // `defer_marker`).
             let done = done.load(Ordering::Acquire);
-            while self.queue.len() > SLOW_KEEP {
+            while self.queue.len() > SLOW_KEEP && trimmed.len() < TRIM_MAX {
                 match self.queue.front() {
                     Some(&(addr, marker)) if marker <= done => {
                         self.queue.pop_front();
