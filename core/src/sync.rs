@@ -232,10 +232,10 @@ mod reclaim {
     impl Limbo {
         /// At every `CHECK_EVERY`-th marker: if this thread publishes slowly, takes the
         /// entries past their grace period beyond the first `SLOW_KEEP` (at most
-        /// `TRIM_MAX` of them) out of the queue (for the caller to free) and returns `true` (the caller then flushes this
-        /// thread's deferred markers to the collector, instead of letting them wait until
-        /// 64 have filled crossbeam's bag). A fast thread needs its long queue: its markers
-        /// run in bags, thousands of entries at a time.
+        /// `TRIM_MAX` of them) out of the queue, for the caller to free, and returns `true`:
+        /// the caller then flushes this thread's deferred markers to the collector instead
+        /// of letting them wait until 64 have filled crossbeam's bag. A fast thread needs
+        /// its long queue: its markers run in bags, thousands of entries at a time.
         fn check_pace(&mut self, marker: u64, trimmed: &mut Vec<Retired>) -> bool {
             if !marker.is_multiple_of(CHECK_EVERY) {
                 return false;
