@@ -137,3 +137,33 @@ fn a_burst_backlog_is_freed_once_the_thread_publishes_slowly() {
         seen.most_freed
     );
 }
+
+/// A node publishes from whichever worker thread: four threads publishing slowly into one
+/// ring each keep few values alive, so the total stays a small multiple of one thread's.
+#[test]
+fn slow_publishers_on_several_threads_each_keep_few_values_alive() {
+    const THREADS: usize = 4;
+    const EACH: usize = 1_500;
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let alive = Arc::new(AtomicUsize::new(0));
+    let p = sealed_ring();
+    let most = thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| s.spawn(|| publish_slowly(&p, &alive, EACH).most_beyond))
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().expect("publisher thread"))
+            .max()
+            .expect("threads")
+    });
+    eprintln!("{THREADS} slow publishers: most values alive beyond the ring {most}");
+    // Before the limbo's pace check each thread kept every value it overwrote (fewer than
+    // 2,048 retirements apiece never fill crossbeam's bag): about 5,900 in all.
+    assert!(
+        most <= THREADS * BOUND,
+        "{THREADS} slow publishers kept up to {most} overwritten values alive \
+         (bound {})",
+        THREADS * BOUND
+    );
+}
