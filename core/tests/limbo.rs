@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use herald_core::ring::{self, Publisher, RingConfig};
 
+mod common;
+
 /// Ring capacity: small, so that nearly every publish overwrites (and retires) an entry.
 const CAPACITY: usize = 64;
 /// Most values beyond the ring's capacity a slow publisher may keep alive. The limbo keeps
@@ -93,11 +95,7 @@ fn a_slow_publisher_keeps_few_overwritten_values_alive() {
     );
     drop(p);
     // Dropping the publisher hands the limbo to the collector; nothing is leaked.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while alive.load(Ordering::SeqCst) > 0 && std::time::Instant::now() < deadline {
-        crossbeam_epoch::pin().flush();
-        thread::yield_now();
-    }
+    common::collect_until(|| alive.load(Ordering::SeqCst) == 0);
     assert_eq!(alive.load(Ordering::SeqCst), 0);
 }
 

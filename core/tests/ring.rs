@@ -6,6 +6,8 @@ use std::thread;
 
 use herald_core::ring::{self, EntryRef, RecvError, RingConfig, TryRecvError};
 
+mod common;
+
 fn cfg(capacity: usize, startup_capacity: usize) -> RingConfig {
     RingConfig {
         capacity,
@@ -384,19 +386,10 @@ fn every_value_is_dropped_exactly_once() {
     assert_dropped_eventually(&drops, 100);
 }
 
-/// Asserts that the drop count reaches exactly `expected` (waiting a generous deadline).
-///
-/// Overwritten entries wait in their publishing thread's limbo, which dropping the
-/// `Publisher` hands to the epoch collector; it frees them once every thread pinned
-/// before that has unpinned. Other tests in this binary pin too (one panics inside a
-/// borrow closure, and the panic hook prints a backtrace while its guard is still pinned),
-/// so this drives the collector until the count is reached or 20 s have passed.
+/// Asserts that the drop count reaches exactly `expected` (driving the collector for up to
+/// 20 s: `common::collect_until`).
 fn assert_dropped_eventually(drops: &AtomicUsize, expected: usize) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while drops.load(Ordering::SeqCst) < expected && std::time::Instant::now() < deadline {
-        crossbeam_epoch::pin().flush();
-        thread::yield_now();
-    }
+    common::collect_until(|| drops.load(Ordering::SeqCst) >= expected);
     assert_eq!(drops.load(Ordering::SeqCst), expected);
 }
 
