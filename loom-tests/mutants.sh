@@ -19,7 +19,7 @@ MUTANTS=(
     # they stay for good (m3).
     seal_ignored
     # A parking subscriber does not look again after pushing its waker: a value published
-    # in between never wakes it (m4, m5).
+    # in between never wakes it (m4, m5, m8).
     no_recheck
     # A publisher frees the entry it swapped out at once instead of retiring it: a reader
     # that loaded it just before uses freed memory (m6).

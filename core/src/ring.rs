@@ -64,7 +64,8 @@
 //! own) into `startup[seq]`, a write-once cell. A subscriber reads `tail` once when it is
 //! created, at join point `j`. If the segment was open it replays `startup[0..j)` (every
 //! one of those claims came before the seal) and then reads the ring from `j`; if sealed at
-//! seal point `S`, it replays `startup[0..S)` and reads the ring from `j >= S`. Replay and
+//! seal point `S`, it replays `startup[0..S)` and reads the ring from `j >= S` (both ranges
+//! cut at `startup_capacity`, see below). Replay and
 //! live meet at a sequence number, never overlap, and are never compared by content.
 //! Startup events past `startup_capacity` are not kept; a replaying subscriber gets one
 //! `Lagged { missed }` with their count after the replay.
@@ -96,10 +97,11 @@
 //! **Wakeups.** A subscriber with nothing to read registers its waker in its own
 //! `WaitNode` (`ring/wait.rs`), pushes the node on the `waiters` stack (a `SeqCst` CAS),
 //! issues a `SeqCst` fence and looks for a value once more before it sleeps. A publisher
-//! writes its slot with a `SeqCst` swap and then loads `waiters` with `SeqCst`: in the single
-//! total order of `SeqCst` operations either the publisher's load comes after the push and
-//! it wakes the subscriber, or the subscriber's re-check comes after the write and finds
-//! the value. When nobody is parked the publisher does one load and no syscall. Taking the
+//! writes its slot with a `SeqCst` swap (and a startup cell, which a replaying subscriber
+//! may be waiting on, with a `SeqCst` store) and then loads `waiters` with `SeqCst`: in the
+//! single total order of `SeqCst` operations either the publisher's load comes after the
+//! push and it wakes the subscriber, or the subscriber's re-check comes after the write and
+//! finds the value. When nobody is parked the publisher does one load and no syscall. Taking the
 //! whole stack is one `swap`; each node carries an `AtomicWaker` and a `queued` flag so it
 //! sits in at most one stack. A subscriber dropped while parked leaves its node there
 //! (without its waker) until the next publish takes the stack; so that a ring nobody
@@ -467,7 +469,8 @@ struct Shared<T> {
     /// Next sequence number | `SEALED` | `CLOSED`. The only word publishers contend on.
     tail: CachePadded<AtomicU64>,
     /// `capacity` slots; slot `i` holds null or an entry (owning one count) whose seq is
-    /// `≡ i (mod capacity)`, and its seq only ever grows.
+    /// `≡ i (mod capacity)`. Its seq grows, except for the moment a publisher lapped before
+    /// its swap puts its older entry in and takes the newer one out to put back (`install`).
     slots: Box<[AtomicPtr<Entry<T>>]>,
     /// `capacity - 1`.
     mask: u64,
@@ -507,8 +510,17 @@ impl<T> Drop for Shared<T> {
 }
 
 /// Creates a ring and returns its first publisher.
+///
+/// # Panics
+///
+/// If `config.capacity` rounded up to a power of two does not fit in a `usize`, or the
+/// slots or startup cells (one pointer each) cannot be allocated, as `Vec` would.
 pub fn ring<T: Send + Sync + 'static>(config: RingConfig) -> Publisher<T> {
-    let capacity = config.capacity.max(2).next_power_of_two();
+    let capacity = config
+        .capacity
+        .max(2)
+        .checked_next_power_of_two()
+        .unwrap_or_else(|| panic!("ring capacity {} is too large", config.capacity));
     let cells = |n: usize| {
         (0..n)
             .map(|_| AtomicPtr::new(ptr::null_mut()))
@@ -551,9 +563,11 @@ impl<T: Send + Sync + 'static> Shared<T> {
     /// segment was open, installs it in its slot and wakes parked subscribers.
     #[inline]
     fn publish(&self, entry: NonNull<Entry<T>>) -> u64 {
-        // AcqRel: Release makes the claim part of `tail`'s modification order that the
-        // seal's fetch_or and subscribers' Acquire loads of `tail` read; Acquire pairs with
-        // the seal's fetch_or so that a claim after the seal sees SEALED.
+        // AcqRel, pairing with the seal's AcqRel fetch_or, though what the protocol rests on
+        // is atomicity: the claim and the seal are read-modify-writes of one word, so a
+        // claim after the seal in `tail`'s modification order sees SEALED whatever the
+        // ordering. The entry itself is published by the slot swap (and the startup
+        // cell's store), not by this. (On x86 every ordering is the same `lock xadd`.)
         let prev = self.tail.fetch_add(1, Ordering::AcqRel);
         let seq = prev & SEQ_MASK;
         debug_assert!(prev & CLOSED == 0, "publish on a closed ring");
@@ -566,11 +580,16 @@ impl<T: Send + Sync + 'static> Shared<T> {
         let startup_open = prev & SEALED == 0;
         #[cfg(herald_mutant = "seal_ignored")]
         let startup_open = true;
-        if startup_open && (seq as usize) < self.startup.len() {
+        // Compared as u64: `seq as usize` would wrap on a 32-bit target.
+        if startup_open && seq < self.startup.len() as u64 {
             // The cell's own count. SAFETY: we own a count.
             unsafe { Entry::acquire(entry.as_ptr()) };
-            // Release: pairs with the Acquire load in `Position::next_replay`.
-            self.startup[seq as usize].store(entry.as_ptr(), Ordering::Release);
+            // Release: pairs with the Acquire load in `Position::next_replay`. SeqCst: a
+            // subscriber parked on this cell (its replay found it null) re-reads it after
+            // its SeqCst fence, and only a SeqCst store is sure to be seen there once our
+            // `waiters` load in `notify` missed its push (module docs, "Wakeups"). Startup
+            // events only, so the cost is bounded.
+            self.startup[seq as usize].store(entry.as_ptr(), Ordering::SeqCst);
         }
 
         self.install(seq, entry.as_ptr());
@@ -931,8 +950,8 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
     }
 
     /// Appends up to `max` ready values to `out` under one epoch guard. Returns how many it
-    /// appended (at least one), or an error when none was ready. A lag found after some
-    /// values is reported by the next call.
+    /// appended (at least one; 0 only when `max` is 0), or an error when none was ready. A
+    /// lag found after some values is reported by the next call.
     pub fn try_recv_many(
         &mut self,
         out: &mut Vec<EntryRef<T>>,
@@ -1020,9 +1039,12 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
         }
     }
 
-    /// Waits (without spinning) until the next `try_recv*` call on this subscriber will not
-    /// return [`TryRecvError::Empty`]: a value, a lag or the close is ready. Consumes
-    /// nothing, so it is cancel-safe. Useful with `tokio::select!`, where the code that
+    /// Waits (without spinning) until a value, a lag or the close is ready, so that the next
+    /// `try_recv*` call on this subscriber does not return [`TryRecvError::Empty`] (with one
+    /// exception: a publisher lapped between its claim and its swap may put its older entry
+    /// back into the slot for a moment, and a lag seen then can read as `Empty` again;
+    /// nothing is lost, the next `ready` waits again). Consumes nothing, so it is
+    /// cancel-safe. Useful with `tokio::select!`, where the code that
     /// handles the values needs borrows the waiting future must not hold:
     ///
     /// ```
@@ -1042,7 +1064,7 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
         Ready { sub: self }
     }
 
-    /// Whether the next `try_recv*` call will not return `Empty`.
+    /// Whether a value, a lag or the close is ready (see [`ready`](Self::ready)).
     fn is_ready(&self) -> bool {
         let guard = self.shared.reclaim.pin();
         self.pos.is_ready(&self.shared, &guard)
@@ -1274,8 +1296,9 @@ impl Position {
                     // Overwritten: skip to the oldest value that can still be retained, or
                     // half a ring past it if we were lapped again less than half a ring
                     // after the last lap (module docs, "Slots and stamps").
-                    // Acquire: pairs with publishers' fetch_add; `seq`'s claim is visible
-                    // (it happened before the write we just read).
+                    // Acquire, pairing with publishers' fetch_add; but `tail > seq` here is
+                    // coherence: the slot load synchronized with the swap of `seq`'s entry,
+                    // whose claim came before it, so this load reads that claim or later.
                     let tail = shared.tail.load(Ordering::Acquire) & SEQ_MASK;
                     let oldest = tail - shared.mask - 1;
                     let half = shared.mask / 2 + 1; // capacity / 2

@@ -1108,3 +1108,11 @@ fn a_panicking_borrow_closure_consumes_its_value_and_the_subscriber_goes_on() {
     assert_eq!(s.try_recv_with(|e| (e.seq(), **e)), Ok((1, 2)));
     assert_eq!(s.try_recv_with(|e| **e), Err(TryRecvError::Empty));
 }
+
+#[test]
+#[should_panic(expected = "ring capacity 18446744073709551615 is too large")]
+fn a_capacity_with_no_power_of_two_in_usize_is_refused_with_a_clear_panic() {
+    // Before: `next_power_of_two` wrapped to 0 in a release build, and the first publish
+    // indexed an empty slot array.
+    let _ = ring::ring::<u64>(cfg(usize::MAX, 0));
+}
