@@ -1195,6 +1195,49 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
     pub fn replay_remaining(&self) -> u64 {
         self.pos.replay_end - self.pos.replay_next
     }
+
+    /// Caps how far behind the publishers this subscriber may be: if more than
+    /// `max_behind` values were claimed past its cursor, it skips ahead so that the newest
+    /// `max_behind / 2` (at least one) are left to read, and returns how many it skipped.
+    /// The skip is reported like a lap: the next receive returns
+    /// [`TryRecvError::Lagged`] with the exact count (merged with a lag not yet reported,
+    /// which it directly follows) and the new cursor as `resume_seq`. Returns 0, and does
+    /// nothing, while the startup replay is unfinished or when `max_behind` is 0.
+    ///
+    /// The ring's capacity bounds both how far back a subscriber can start
+    /// ([`Publisher::subscribe_from`]) and how stale a slow one's values get; calling this
+    /// before each batch keeps the second bound small without shrinking the first. It
+    /// costs one load of the shared tail.
+    ///
+    /// ```
+    /// use herald_core::ring::{self, RingConfig, TryRecvError};
+    ///
+    /// let publisher = ring::ring::<u32>(RingConfig { capacity: 64, startup_capacity: 0 });
+    /// let mut sub = publisher.subscribe();
+    /// for v in 0..20 { publisher.publish(v); }
+    /// assert_eq!(sub.skip_behind(8), 16); // 20 behind, more than 8: keep the newest 4
+    /// assert_eq!(sub.try_recv().unwrap_err(), TryRecvError::Lagged { missed: 16, resume_seq: 16 });
+    /// assert_eq!(**sub.try_recv().unwrap(), 16);
+    /// assert_eq!(sub.skip_behind(8), 0); // 3 behind
+    /// ```
+    pub fn skip_behind(&mut self, max_behind: u64) -> u64 {
+        if max_behind == 0 || self.replay_remaining() > 0 {
+            return 0;
+        }
+        // Acquire: pairs with publishers' fetch_add, as every reader of `tail` does; only
+        // the count matters here (a skipped-to value not yet installed is waited for).
+        let tail = self.shared.tail.load(Ordering::Acquire) & SEQ_MASK;
+        let behind = tail.saturating_sub(self.pos.cursor);
+        if behind <= max_behind {
+            return 0;
+        }
+        let resume_seq = tail - (max_behind / 2).max(1);
+        let skipped = resume_seq - self.pos.cursor;
+        self.pos.cursor = resume_seq;
+        self.pos.last_resume = resume_seq;
+        self.pos.pending_missed += skipped;
+        skipped
+    }
 }
 
 impl Position {

@@ -1116,3 +1116,111 @@ fn a_capacity_with_no_power_of_two_in_usize_is_refused_with_a_clear_panic() {
     // indexed an empty slot array.
     let _ = ring::ring::<u64>(cfg(usize::MAX, 0));
 }
+
+#[test]
+fn skip_behind_keeps_the_newest_half_and_reports_the_skip_as_one_lag() {
+    let p = ring::ring::<u64>(cfg(64, 8));
+    p.publish(100); // a startup event
+    p.seal_startup();
+    let mut s = p.subscribe();
+    for v in 0..30 {
+        p.publish(v);
+    }
+    // Nothing is skipped while the startup replay is unfinished, nor with a cap of 0.
+    assert_eq!(s.skip_behind(4), 0);
+    assert_eq!(**s.try_recv().unwrap(), 100);
+    assert_eq!(s.skip_behind(0), 0);
+    // 30 behind (1..=30), cap 10: skip 25, to the newest 5.
+    assert_eq!(s.cursor(), 1);
+    assert_eq!(s.skip_behind(10), 25);
+    assert_eq!(s.skip_behind(10), 0, "5 behind now");
+    let (seqs, _, lags, end) = drain(&mut s);
+    assert_eq!(lags, [(25, 26)]);
+    assert_eq!(seqs, (26..31).collect::<Vec<_>>());
+    assert_eq!(end, TryRecvError::Empty);
+    // A cap of 1 still leaves the newest value; an odd cap keeps half rounded down.
+    p.publish(31);
+    p.publish(32);
+    assert_eq!(s.skip_behind(1), 1);
+    assert_eq!(drain(&mut s).0, [32]);
+    assert_eq!(s.skip_behind(1), 0, "caught up");
+    for v in 33..40 {
+        p.publish(v);
+    }
+    assert_eq!(s.skip_behind(5), 5, "7 behind, keep 2");
+    assert_eq!(drain(&mut s).2, [(5, 38)]);
+    assert_eq!(p.stats().lagged, 25 + 1 + 5);
+}
+
+#[test]
+fn skip_behind_merges_with_a_lap_not_yet_reported() {
+    let p = ring::ring::<u64>(cfg(8, 0));
+    p.seal_startup();
+    let mut s = p.subscribe();
+    p.publish(0);
+    p.publish(1);
+    // The batch reads 0; meanwhile (inside the lending closure) 16 more are published, so
+    // 1 is overwritten: the batch stops there and keeps the lap (9 missed, resume at 10,
+    // the oldest retained) for the next call.
+    let mut seen = Vec::new();
+    let lent = s.try_recv_each(4, |e| {
+        seen.push(e.seq());
+        if e.seq() == 0 {
+            for v in 2..18 {
+                p.publish(v);
+            }
+        }
+    });
+    assert_eq!((lent, seen), (Ok(1), vec![0]));
+    // 8 behind, cap 4: skip 6 more, to 16. Reported together with the lap, as one.
+    assert_eq!(s.skip_behind(4), 6);
+    let (seqs, _, lags, end) = drain(&mut s);
+    assert_eq!(lags, [(15, 16)]);
+    assert_eq!(seqs, [16, 17]);
+    // Received 0, 16 and 17, missed 15: all 18 published accounted for.
+    assert_eq!(end, TryRecvError::Empty);
+}
+
+/// A reader that caps its backlog before every batch, against 2 producers publishing
+/// flat out: every value is received or reported missed exactly once, in order.
+#[test]
+fn stress_skip_behind_exact_accounting() {
+    const PRODUCERS: u64 = 2;
+    const PER: u64 = 200_000;
+    let p = ring::ring::<(u64, u64)>(cfg(1024, 0));
+    p.seal_startup();
+    let mut s = p.subscribe();
+    let reader = thread::spawn(move || {
+        let (mut received, mut missed, mut skipped) = (0u64, 0u64, 0u64);
+        let mut next_seq = 0u64;
+        loop {
+            skipped += s.skip_behind(64);
+            let got = s.try_recv_each(16, |e| {
+                assert_eq!(e.seq(), next_seq, "in order, no gap not reported");
+                next_seq += 1;
+            });
+            match got {
+                Ok(n) => received += n as u64,
+                Err(TryRecvError::Lagged {
+                    missed: m,
+                    resume_seq,
+                }) => {
+                    assert!(m >= 1);
+                    assert_eq!(resume_seq, next_seq + m, "the lag accounts for the gap");
+                    next_seq = resume_seq;
+                    missed += m;
+                }
+                Err(TryRecvError::Empty) => thread::yield_now(),
+                Err(TryRecvError::Closed) => return (received, missed, skipped),
+            }
+        }
+    });
+    publish_from_threads(p, PRODUCERS, PER);
+    let (received, missed, skipped) = reader.join().unwrap();
+    assert_eq!(received + missed, PRODUCERS * PER);
+    assert!(skipped <= missed, "every skip is reported as missed");
+    assert!(
+        skipped > 0,
+        "the reader never fell 64 behind: the test proves nothing"
+    );
+}

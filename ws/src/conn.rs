@@ -26,7 +26,10 @@
 //!    (until the first live event), or a startup segment that overflowed. A client that
 //!    joined live and was lapped before it read its first live event is closed.
 //!    Lags the bus reports back to back, with no event between them, are told as one
-//!    notice ([`take_events`]).
+//!    notice ([`take_events`]). With `max_behind` set, a live client more than that many
+//!    events behind is moved ahead before its next batch in the same way (the newest
+//!    `max_behind / 2` are left to read), so the events it gets stay fresh even when the
+//!    bus retains many more for `from=`.
 //!    Publishers never wait for any client.
 //! 5. **reading**: the client's frames are read all along (reads are cancel-safe and raced
 //!    against writes, so a long write never stops the reading and vice versa): pings are
@@ -424,6 +427,12 @@ pub(crate) async fn stream_events<R, W>(
             // 2-4. The next events, once the previous batch is written.
             () = events_ready(&mut subscriber), if outbox.is_empty() => {
                 let Some(ready) = subscriber.as_mut() else { continue };
+                // `max_behind`: a live client too far behind skips ahead (told as a lag).
+                if let Some(max) = config.max_behind
+                    && (live || extensions.from.is_none())
+                {
+                    ready.skip_behind(max);
+                }
                 let taken = take_events(
                     |lend| ready.try_recv_each(config.write_batch, lend),
                     &mut outbox,

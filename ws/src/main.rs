@@ -83,6 +83,12 @@ struct ServeArgs {
     /// What to do with a client that lags: notify (send `lagged`) or close (code 1008).
     #[arg(long, default_value = "notify")]
     on_lag: OnLag,
+    /// Most live events a client may fall behind before it skips ahead to the newest half
+    /// of them (told with `lagged`, or closed under --on-lag close); default: only
+    /// --capacity bounds it. Keeps slow clients' events fresh while --capacity keeps `from=`
+    /// resumption long.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    max_behind: Option<u64>,
     /// Read-only role: milliseconds the simulated node takes to report a finalised block's
     /// transfers (each block then gets `transfers-available`).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=60_000))]
@@ -214,6 +220,7 @@ async fn serve_node(args: &ServeArgs) -> ExitCode {
     let config = ServerConfig {
         max_connections: to_usize(args.max_connections),
         on_lag: args.on_lag,
+        max_behind: args.max_behind,
         ..ServerConfig::default()
     };
 

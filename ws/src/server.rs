@@ -120,6 +120,13 @@ pub struct ServerConfig {
     pub on_lag: OnLag,
     /// Most events one connection writes per flush. Default 128.
     pub write_batch: usize,
+    /// Most live events a client may fall behind the node before it skips ahead to the
+    /// newest `max_behind / 2`, told with a `lagged` notice (and, under [`OnLag::Close`],
+    /// closed). `None` (the default): only the bus capacity bounds it. Smaller than the
+    /// capacity, it bounds how stale a slow client's events get without shortening how far
+    /// back `from=` can resume; checked once per batch, not while a `from=` client catches
+    /// up to where it joined.
+    pub max_behind: Option<u64>,
 }
 
 impl Default for ServerConfig {
@@ -132,6 +139,7 @@ impl Default for ServerConfig {
             max_message_size: 4096,
             on_lag: OnLag::Notify,
             write_batch: 128,
+            max_behind: None,
         }
     }
 }
@@ -168,6 +176,9 @@ impl ServerConfig {
         if self.write_batch == 0 {
             return zero("write_batch");
         }
+        if self.max_behind == Some(0) {
+            return zero("max_behind");
+        }
         Ok(())
     }
 
@@ -179,6 +190,7 @@ impl ServerConfig {
         self.ping_interval = self.ping_interval.max(min);
         self.ping_timeout = self.ping_timeout.max(min);
         self.write_batch = self.write_batch.max(1);
+        self.max_behind = self.max_behind.map(|n| n.max(1));
         self
     }
 }

@@ -498,6 +498,7 @@ fn bad_flags_exit_2_with_a_message() {
         (&["serve", "--validators", "0"][..], "--validators"),
         (&["serve", "--listen", "nowhere"][..], "--listen"),
         (&["serve", "--capacity", "0"][..], "--capacity"),
+        (&["serve", "--max-behind", "0"][..], "--max-behind"),
         (
             &["tail", "--events", "block-deleted"][..],
             "unknown event type `block-deleted`",

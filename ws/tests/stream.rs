@@ -224,14 +224,25 @@ async fn on_lag_close_still_reports_an_old_from_point_with_a_notice() {
 /// A client that reads one event, then stops reading while `count` big events are
 /// published into a 16-slot bus, then reads again: what it receives, in order.
 async fn lag_scenario(on_lag: OnLag, count: u64) -> (TestServer, Client) {
+    lag_scenario_with(on_lag, count, 16, None).await
+}
+
+/// As [`lag_scenario`], with a bus of `capacity` and the server's `max_behind`.
+async fn lag_scenario_with(
+    on_lag: OnLag,
+    count: u64,
+    capacity: usize,
+    max_behind: Option<u64>,
+) -> (TestServer, Client) {
     let config = ServerConfig {
         on_lag,
         write_batch: 8,
         ping_interval: std::time::Duration::from_secs(60),
+        max_behind,
         ..ServerConfig::default()
     };
     let bus = Bus::new(BusConfig {
-        capacity: 16,
+        capacity,
         startup_capacity: 16,
     });
     bus.seal_startup();
@@ -306,6 +317,83 @@ async fn lagging_client_is_told_exactly_how_many_it_missed() {
         received
     );
     assert_eq!(server.metric("herald_ws_lag_closes_total").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_behind_skips_a_slow_client_to_the_newest_events() {
+    // The bus retains 1024 events, but the server lets a client fall at most 16 behind:
+    // when the stalled client reads again it is told what it missed and gets the newest 8
+    // (max_behind / 2), not the 1024 a lap alone would leave it.
+    const PUBLISHED: u64 = 2000;
+    let (server, mut client) = lag_scenario_with(OnLag::Notify, PUBLISHED, 1024, Some(16)).await;
+    let (mut received, mut missed_total) = (1u64, 0u64);
+    let mut next_seq = 1u64;
+    let mut last_notice: Option<u64> = None; // its resume-seq
+    let mut after_last_notice = 0u64;
+    while received + missed_total < PUBLISHED {
+        match client.message().await.0 {
+            ServerMessage::Event { event, seq } => {
+                assert_eq!(seq, Some(next_seq), "events arrive in order, none twice");
+                assert_eq!(event, big_event(next_seq));
+                received += 1;
+                next_seq += 1;
+                after_last_notice += 1;
+            }
+            ServerMessage::Lagged { missed, resume_seq } => {
+                assert!(missed >= 1);
+                assert_eq!(
+                    resume_seq,
+                    next_seq + missed,
+                    "the notice accounts for the gap"
+                );
+                missed_total += missed;
+                next_seq = resume_seq;
+                last_notice = Some(resume_seq);
+                after_last_notice = 0;
+            }
+            ServerMessage::Started => panic!("a second started message"),
+        }
+    }
+    assert_eq!(received + missed_total, PUBLISHED);
+    assert_eq!(next_seq, PUBLISHED);
+    // 2000 events of 16 KiB are far more than the socket buffers hold, so the server was
+    // stalled far behind when the client read again: its last notice skips to the newest 8.
+    assert_eq!(last_notice, Some(PUBLISHED - 8));
+    assert_eq!(after_last_notice, 8);
+    server
+        .wait_metric("herald_ws_lagged_events_total", missed_total)
+        .await;
+    assert_eq!(
+        server.metric("herald_ws_events_delivered_total").await,
+        received
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_behind_closes_a_slow_client_under_on_lag_close() {
+    // 1000 events: the 1024-slot bus never laps the client, only max_behind catches it.
+    let (server, mut client) = lag_scenario_with(OnLag::Close, 1000, 1024, Some(16)).await;
+    let close = loop {
+        let frame = client.frame().await;
+        if frame.opcode == OP_CLOSE {
+            break frame.close();
+        }
+        let text = frame.text().to_owned();
+        let message = herald_core::event::decode(&mut text.into_bytes()).unwrap();
+        assert!(
+            matches!(message, ServerMessage::Event { .. }),
+            "expected an event, got {message:?}"
+        );
+    };
+    assert_eq!(close.0, 1008);
+    assert!(
+        close.1.starts_with("client too slow: missed "),
+        "reason {:?}",
+        close.1
+    );
+    client.send_close(1008, "").await;
+    client.expect_end().await;
+    assert_eq!(server.metric("herald_ws_lag_closes_total").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
