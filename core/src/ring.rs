@@ -719,6 +719,7 @@ impl<T: Send + Sync + 'static> Shared<T> {
             node: Arc::new(WaitNode::new()),
             thread_waker: None,
             yielded_at: u64::MAX,
+            join_point: join,
         }
     }
 
@@ -900,6 +901,9 @@ pub struct Subscriber<T: Send + Sync + 'static> {
     /// The cursor at which an async receive last yielded instead of parking (`u64::MAX`
     /// before the first): it yields once per cursor position, then parks.
     yielded_at: u64,
+    /// The next sequence number when this subscriber was created: values from here on
+    /// were published after it joined.
+    join_point: u64,
 }
 
 /// A subscriber's place in the sequence space, kept apart from its `shared` handle so an
@@ -1196,13 +1200,23 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
         self.pos.replay_end - self.pos.replay_next
     }
 
+    /// The next sequence number at the moment this subscriber was created: the values it
+    /// reads from here on were published after it joined. Equal to the first
+    /// [`cursor`](Self::cursor) of a [`subscribe`](Publisher::subscribe)d subscriber; for
+    /// one made by [`subscribe_from`](Publisher::subscribe_from) it tells where catching
+    /// up ends (and a `seq` past it asked for values not published yet).
+    pub fn join_point(&self) -> u64 {
+        self.join_point
+    }
+
     /// Caps how far behind the publishers this subscriber may be: if more than
     /// `max_behind` values were claimed past its cursor, it skips ahead so that the newest
     /// `max_behind / 2` (at least one) are left to read, and returns how many it skipped.
     /// The skip is reported like a lap: the next receive returns
-    /// [`TryRecvError::Lagged`] with the exact count (merged with a lag not yet reported,
-    /// which it directly follows) and the new cursor as `resume_seq`. Returns 0, and does
-    /// nothing, while the startup replay is unfinished or when `max_behind` is 0.
+    /// [`TryRecvError::Lagged`] with the exact count and the new cursor as `resume_seq`.
+    /// Returns 0, and does nothing, while the startup replay is unfinished, while a lag is
+    /// still to be reported (a lap a batch stopped at, or startup events not kept), so
+    /// that every reported lag is one cause, or when `max_behind` is 0.
     ///
     /// The ring's capacity bounds both how far back a subscriber can start
     /// ([`Publisher::subscribe_from`]) and how stale a slow one's values get; calling this
@@ -1221,7 +1235,7 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
     /// assert_eq!(sub.skip_behind(8), 0); // 3 behind
     /// ```
     pub fn skip_behind(&mut self, max_behind: u64) -> u64 {
-        if max_behind == 0 || self.replay_remaining() > 0 {
+        if max_behind == 0 || self.replay_remaining() > 0 || self.pos.pending_missed > 0 {
             return 0;
         }
         // Acquire: pairs with publishers' fetch_add, as every reader of `tail` does; only

@@ -1153,7 +1153,7 @@ fn skip_behind_keeps_the_newest_half_and_reports_the_skip_as_one_lag() {
 }
 
 #[test]
-fn skip_behind_merges_with_a_lap_not_yet_reported() {
+fn skip_behind_waits_until_a_pending_lag_is_reported() {
     let p = ring::ring::<u64>(cfg(8, 0));
     p.seal_startup();
     let mut s = p.subscribe();
@@ -1172,13 +1172,65 @@ fn skip_behind_merges_with_a_lap_not_yet_reported() {
         }
     });
     assert_eq!((lent, seen), (Ok(1), vec![0]));
-    // 8 behind, cap 4: skip 6 more, to 16. Reported together with the lap, as one.
+    // 8 behind, cap 4, but the lap is not told yet: it is told alone first...
+    assert_eq!(s.skip_behind(4), 0);
+    assert_eq!(
+        s.try_recv().unwrap_err(),
+        TryRecvError::Lagged {
+            missed: 9,
+            resume_seq: 10
+        }
+    );
+    // ...and then the skip, as a lag of its own: 6 more, to 16.
     assert_eq!(s.skip_behind(4), 6);
     let (seqs, _, lags, end) = drain(&mut s);
-    assert_eq!(lags, [(15, 16)]);
+    assert_eq!(lags, [(6, 16)]);
     assert_eq!(seqs, [16, 17]);
-    // Received 0, 16 and 17, missed 15: all 18 published accounted for.
+    // Received 0, 16 and 17, missed 9 + 6: all 18 published accounted for.
     assert_eq!(end, TryRecvError::Empty);
+}
+
+#[test]
+fn skip_behind_leaves_the_startup_overflow_notice_alone() {
+    // 3 startup events, 1 kept: a subscriber replays it, then is told of the 2 not kept.
+    let p = ring::ring::<u64>(cfg(64, 1));
+    for v in 0..3 {
+        p.publish(v);
+    }
+    p.seal_startup();
+    let mut s = p.subscribe();
+    for v in 3..40 {
+        p.publish(v);
+    }
+    assert_eq!(**s.try_recv().unwrap(), 0);
+    assert_eq!(s.skip_behind(4), 0, "the overflow is told first");
+    assert_eq!(
+        s.try_recv().unwrap_err(),
+        TryRecvError::Lagged {
+            missed: 2,
+            resume_seq: 3
+        }
+    );
+    assert_eq!(s.skip_behind(4), 35);
+    assert_eq!(drain(&mut s).2, [(35, 38)]);
+}
+
+#[test]
+fn join_point_is_where_the_ring_was_when_the_subscriber_was_created() {
+    let p = ring::ring::<u64>(cfg(64, 4));
+    for v in 0..10 {
+        p.publish(v);
+    }
+    let plain = p.subscribe();
+    assert_eq!((plain.join_point(), plain.cursor()), (10, 10));
+    let resuming = p.subscribe_from(2);
+    assert_eq!((resuming.join_point(), resuming.cursor()), (10, 4));
+    let ahead = p.subscribe_from(25);
+    assert_eq!(
+        ahead.join_point(),
+        10,
+        "a from point past it asks for the future"
+    );
 }
 
 /// A reader that caps its backlog before every batch, against 2 producers publishing

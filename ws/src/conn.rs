@@ -22,14 +22,17 @@
 //! 4. **lag**: when the bus lapped this client it reports how many events it skipped; the
 //!    client gets `{"event":"lagged",...,"payload":{"missed":N,"resume-seq":S}}` and delivery
 //!    continues at `S`. With [`OnLag::Close`] the connection is closed with 1008 instead,
-//!    except for lags that are not the client's doing: a `from=` point no longer retained
-//!    (until the first live event), or a startup segment that overflowed. A client that
+//!    except for lags that are not the client's doing: with `from=`, any lag before the
+//!    client reaches the events published after it connected (a `from=` point no longer
+//!    retained, or a lap while it catches up on history), or a startup segment that
+//!    overflowed. A client that
 //!    joined live and was lapped before it read its first live event is closed.
 //!    Lags the bus reports back to back, with no event between them, are told as one
 //!    notice ([`take_events`]). With `max_behind` set, a live client more than that many
 //!    events behind is moved ahead before its next batch in the same way (the newest
 //!    `max_behind / 2` are left to read), so the events it gets stay fresh even when the
-//!    bus retains many more for `from=`.
+//!    bus retains many more for `from=`; a `from=` client is live once it reaches the
+//!    events published after it connected, so its catching up is never cut short.
 //!    Publishers never wait for any client.
 //! 5. **reading**: the client's frames are read all along (reads are cancel-safe and raced
 //!    against writes, so a long write never stops the reading and vice versa): pings are
@@ -255,8 +258,9 @@ pub(crate) async fn stream_events<R, W>(
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    // Events with a sequence number at or past this came from the live ring, not replay.
-    let live_from = subscriber.cursor();
+    // Events with a sequence number at or past this were published after the client
+    // joined: before it, the startup replay, or with `from=` the history it catches up on.
+    let live_from = subscriber.join_point();
     let mut live = false;
     let mut subscriber = Some(subscriber);
     let mut outbox = Outbox::new();
@@ -527,8 +531,9 @@ fn take_events(
             Err(TryRecvError::Lagged { missed, resume_seq }) => {
                 metrics::add(&metrics.lagged_events, missed);
                 // Not the client's doing, so told even under `OnLag::Close`: with `from=`,
-                // anything before its first live event (the gap to the oldest retained
-                // event, and a lap straight after it); joined live, a startup segment that
+                // anything before its first event published after it joined (the gap to
+                // the oldest retained event, a lap while it catches up on history, and one
+                // straight after); joined live, a startup segment that
                 // overflowed (the skipped range starts before `live_from`). Any other lag
                 // skipped live events the client did not read in time, even if it has
                 // not read a live event yet.
@@ -777,6 +782,30 @@ mod tests {
 
     fn notice(missed: u64, resume_seq: u64) -> String {
         text(&lagged_message(missed, resume_seq))
+    }
+
+    #[tokio::test]
+    async fn on_lag_close_tells_a_from_client_lapped_while_it_catches_up() {
+        // `from=3`, joined when the bus was at 20: reads 3..6 of its history, is lapped
+        // (to 12), still short of 20: told, not closed. Then it reads 20 and 21, events
+        // published after it joined, and the next lap is its doing: closed.
+        let mut c = Turns::new(Some("seq=true&from=3"), OnLag::Close, 20);
+        assert_eq!(c.take(vec![Ok(3..6)]), Taken::Queued);
+        assert_eq!(c.take(vec![Err(lagged(6, 12)), Ok(12..14)]), Taken::Queued);
+        let told = [
+            c.event(3),
+            c.event(4),
+            c.event(5),
+            notice(6, 12),
+            c.event(12),
+            c.event(13),
+        ];
+        assert_eq!(c.texts().await, told);
+        assert_eq!(c.take(vec![Ok(20..22)]), Taken::Queued);
+        assert_eq!(
+            c.take(vec![Err(lagged(5, 27))]),
+            Taken::TooSlow { missed: 5 }
+        );
     }
 
     #[tokio::test]

@@ -137,16 +137,28 @@ fn events<B>(shared: &Arc<Shared>, mut request: Request<B>) -> Answer {
             ),
         );
     };
-    // The handshake is valid, so this cannot fail; if it did, it is the client's request.
-    let (switching, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
-        Ok(pair) => pair,
-        Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad handshake: {e}\n")),
-    };
     // Subscribing now, before the 101 leaves, makes "live from the handshake" exact: an
     // event published once the client holds the 101 is delivered to it.
     let subscriber = match extensions.from {
         Some(seq) => shared.bus.subscribe_from(seq),
         None => shared.bus.subscribe(),
+    };
+    // A `from=` past the next sequence number asks for events not published yet: most
+    // likely a client resuming against a node that restarted. Waiting for them would skip
+    // everything up to there silently.
+    if let Some(from) = extensions.from
+        && from > subscriber.join_point()
+    {
+        let next = subscriber.join_point();
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("{}\n", query::QueryError::FromAhead { from, next }),
+        );
+    }
+    // The handshake is valid, so this cannot fail; if it did, it is the client's request.
+    let (switching, upgrade) = match fastwebsockets::upgrade::upgrade(&mut request) {
+        Ok(pair) => pair,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad handshake: {e}\n")),
     };
     metrics::add(&shared.metrics.connections_total, 1);
     let shared = shared.clone();

@@ -71,11 +71,12 @@ struct ServeArgs {
     /// Seed of the simulated node's generator.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Live events retained for slow clients (rounded up to a power of two).
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    /// Live events retained for slow clients (rounded up to a power of two; at most
+    /// 16777216, whose slots alone take 128 MiB before any event is retained).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
     capacity: u64,
-    /// Most startup events kept for replay.
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
+    /// Most startup events kept for replay (at most 16777216; allocated up front too).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..=1 << 24))]
     startup_capacity: u64,
     /// Most open streams; more are answered 503.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]

@@ -4,12 +4,15 @@
 //! |---|---|---|
 //! | `events` | comma-separated event type names | only these types (replay included) |
 //! | `seq` | `true` or `false` | `"seq": n` in every event envelope |
-//! | `from` | a sequence number (`u64`) | resume from that sequence number |
+//! | `from` | a sequence number (`u64`), at most the next one | resume from that sequence number |
 //!
 //! Anything else is refused: an unknown parameter, a parameter given twice, an unknown event
 //! name, an empty list, `seq` other than `true`/`false`, `from` that is not a non-negative
 //! integer, or malformed percent-encoding. The error's message names the parameter and the
-//! valid values, and becomes the body of the `400` answer.
+//! valid values, and becomes the body of the `400` answer. A `from` past the next sequence
+//! number (events not published yet: typically a client resuming against a node that
+//! restarted) is refused the same way once the request is answered
+//! ([`QueryError::FromAhead`]), since waiting for it would skip everything before it.
 
 use std::fmt;
 
@@ -94,6 +97,14 @@ pub enum QueryError {
     BadFrom(String),
     /// Malformed percent-encoding in `parameter`.
     BadEncoding(String),
+    /// `from=` is past the next sequence number: it asks for events not published yet (a
+    /// client resuming against a node that restarted, whose numbers began again at 0).
+    FromAhead {
+        /// The `from=` asked for.
+        from: u64,
+        /// The next sequence number when the request was answered.
+        next: u64,
+    },
 }
 
 impl fmt::Display for QueryError {
@@ -104,7 +115,8 @@ impl fmt::Display for QueryError {
                 "bad query parameter `{name}`: unknown parameter; valid parameters: {PARAMETERS}"
             ),
             QueryError::Repeated(name) => {
-                write!(f, "bad query parameter `{name}`: given more than once")
+                write!(f, "bad query parameter `{name}`: given more than once; ")?;
+                write_valid(f, name)
             }
             QueryError::UnknownEvent(e) => write!(f, "bad query parameter `events`: {e}"),
             QueryError::EmptyEventName => {
@@ -115,20 +127,45 @@ impl fmt::Display for QueryError {
                 f,
                 "bad query parameter `seq`: `{v}`; valid values: true, false"
             ),
-            QueryError::BadFrom(v) => write!(
+            QueryError::BadFrom(v) => {
+                write!(f, "bad query parameter `from`: `{v}`; ")?;
+                write_valid(f, "from")
+            }
+            QueryError::BadEncoding(name) => {
+                write!(
+                    f,
+                    "bad query parameter `{name}`: malformed percent-encoding; "
+                )?;
+                write_valid(f, name)
+            }
+            QueryError::FromAhead { from, next } => write!(
                 f,
-                "bad query parameter `from`: `{v}`; valid values: a sequence number, an integer from 0 to {}",
-                u64::MAX
-            ),
-            QueryError::BadEncoding(name) => write!(
-                f,
-                "bad query parameter `{name}`: malformed percent-encoding"
+                "bad query parameter `from`: {from} is past the newest event; valid values: \
+                 0 to {next} (the next sequence number; a node that restarted numbers its \
+                 events from 0 again)"
             ),
         }
     }
 }
 
 impl std::error::Error for QueryError {}
+
+/// `valid values: ...` for parameter `name`, or the valid parameters if it is none of them.
+fn write_valid(f: &mut fmt::Formatter<'_>, name: &str) -> fmt::Result {
+    match name {
+        "events" => {
+            f.write_str("valid types: ")?;
+            write_kinds(f)
+        }
+        "seq" => f.write_str("valid values: true, false"),
+        "from" => write!(
+            f,
+            "valid values: a sequence number, an integer from 0 to {}",
+            u64::MAX
+        ),
+        _ => write!(f, "valid parameters: {PARAMETERS}"),
+    }
+}
 
 fn write_kinds(f: &mut fmt::Formatter<'_>) -> fmt::Result {
     for (i, kind) in EventKind::ALL.iter().enumerate() {
@@ -316,12 +353,20 @@ mod tests {
                 "bad query parameter `colour`: unknown parameter; valid parameters: events, seq, from",
             ),
             (
+                "%zz=1",
+                "bad query parameter `%zz`: malformed percent-encoding; valid parameters: events, seq, from",
+            ),
+            (
+                "from=1&from=2",
+                "bad query parameter `from`: given more than once; valid values: a sequence number, an integer from 0 to 18446744073709551615",
+            ),
+            (
                 "seq=true&seq=true",
-                "bad query parameter `seq`: given more than once",
+                "bad query parameter `seq`: given more than once; valid values: true, false",
             ),
             (
                 "events=%zz",
-                "bad query parameter `events`: malformed percent-encoding",
+                "bad query parameter `events`: malformed percent-encoding; valid types: node-started, sent-unapproved-block, block-approval-received, sent-approved-block, approved-block-received, entered-running-state, block-created, block-added, block-finalised, transfers-available",
             ),
         ];
         for (query, message) in cases {

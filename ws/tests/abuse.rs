@@ -275,11 +275,13 @@ async fn bad_http_gets_its_answer_or_a_clean_close_and_the_server_serves_on() {
         ("from=0x10", (bad_from.replace("{}", "0x10"))),
         (
             "seq=true&seq=true",
-            "bad query parameter `seq`: given more than once\n".into(),
+            "bad query parameter `seq`: given more than once; valid values: true, false\n".into(),
         ),
         (
             "events=%zz",
-            "bad query parameter `events`: malformed percent-encoding\n".into(),
+            format!(
+                "bad query parameter `events`: malformed percent-encoding; valid types: {EVENTS_LIST}\n"
+            ),
         ),
         (
             "token=abc",

@@ -115,6 +115,13 @@ async fn every_row_of_the_endpoint_table() {
             "bad query parameter `since`: unknown parameter; valid parameters: events, seq, from\n"
                 .to_owned(),
         ),
+        (
+            // Three events published so far: 3 is the next, 4 is not published yet.
+            "from=4",
+            "bad query parameter `from`: 4 is past the newest event; valid values: 0 to 3 (the \
+             next sequence number; a node that restarted numbers its events from 0 again)\n"
+                .to_owned(),
+        ),
     ];
     for (query, body) in cases {
         let target = format!("/ws/events?{query}");
@@ -129,8 +136,8 @@ async fn every_row_of_the_endpoint_table() {
     // The one stream above is still open and is the only one counted.
     assert_eq!(server.metric("herald_ws_connections").await, 1);
     assert_eq!(server.metric("herald_ws_connections_total").await, 1);
-    // 2 x 426 + 2 x 426 + 2 x 400 + 4 x 405 + 4 x 400 on /ws/events; 404s are not counted.
-    assert_eq!(server.metric("herald_ws_bad_requests_total").await, 14);
+    // 2 x 426 + 2 x 426 + 2 x 400 + 4 x 405 + 5 x 400 on /ws/events; 404s are not counted.
+    assert_eq!(server.metric("herald_ws_bad_requests_total").await, 15);
     assert_eq!(server.metric("herald_ws_rejected_total").await, 0);
 }
 

@@ -170,6 +170,38 @@ async fn from_resumes_with_no_gap_and_no_duplicate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn from_the_next_sequence_number_waits_for_it_and_past_it_is_refused() {
+    let server = TestServer::start(node(64), ServerConfig::default()).await;
+    // 3 startup events published: from=3 is "everything after what I have".
+    let mut client = Client::connect(server.addr, "/ws/events?from=3&seq=true").await;
+    client.expect_started().await;
+    server.bus.publish(live_event(0));
+    let (message, _) = client.message().await;
+    assert!(
+        matches!(message, ServerMessage::Event { seq: Some(3), .. }),
+        "{message:?}"
+    );
+    // Now 4 are published: 5 and u64::MAX are events that do not exist (yet): 400, and
+    // no subscriber is left behind.
+    for from in [5, u64::MAX] {
+        let target = format!("/ws/events?from={from}");
+        let answer = Client::try_connect(server.addr, &target, None)
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("from={from} was accepted"));
+        assert_eq!(answer.status, 400);
+        assert!(
+            answer.body.starts_with(&format!(
+                "bad query parameter `from`: {from} is past the newest event; valid values: 0 to 4 "
+            )),
+            "{}",
+            answer.body
+        );
+    }
+    server.wait_subscribers(1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn from_older_than_retained_gets_one_lagged_notice_first() {
     // 8 live slots: after 50 live events only seqs 45..53 are retained.
     let server = TestServer::start(node(8), ServerConfig::default()).await;
@@ -394,6 +426,40 @@ async fn max_behind_closes_a_slow_client_under_on_lag_close() {
     client.send_close(1008, "").await;
     client.expect_end().await;
     assert_eq!(server.metric("herald_ws_lag_closes_total").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_behind_does_not_cut_short_a_from_client_catching_up() {
+    // 500 events of history, all retained (1024 slots), far more than max_behind 16: a
+    // client resuming from 0 gets every one of them, under either lag policy, then live.
+    for on_lag in [OnLag::Notify, OnLag::Close] {
+        let config = ServerConfig {
+            on_lag,
+            max_behind: Some(16),
+            ..ServerConfig::default()
+        };
+        let server = TestServer::start(node(1024), config).await;
+        let history: Vec<Event> = (0..500).map(live_event).collect();
+        for e in &history {
+            server.bus.publish(e.clone());
+        }
+        let mut client = Client::connect(server.addr, "/ws/events?from=0").await;
+        client.expect_started().await;
+        client.expect_events(&startup_events()).await;
+        client.expect_events(&history).await;
+        server.bus.publish(live_event(500));
+        client.expect_events(&[live_event(500)]).await;
+        assert_eq!(
+            server.metric("herald_ws_lagged_events_total").await,
+            0,
+            "{on_lag}"
+        );
+        assert_eq!(
+            server.metric("herald_ws_lag_closes_total").await,
+            0,
+            "{on_lag}"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
