@@ -300,18 +300,35 @@ fn big_event(i: u64) -> Event {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn lagging_client_is_told_exactly_how_many_it_missed() {
-    const PUBLISHED: u64 = 2000;
-    let (server, mut client) = lag_scenario(OnLag::Notify, PUBLISHED).await;
-    let (mut received, mut missed_total, mut notices) = (1u64, 0u64, 0u64);
+/// What the client of [`lag_scenario`] read, from its second event to the last published.
+struct LagRead {
+    received: u64,
+    missed: u64,
+    notices: u64,
+    /// `resume-seq` of the last `lagged` notice, and how many events came after it.
+    last_notice: Option<u64>,
+    after_last_notice: u64,
+}
+
+/// Reads until every one of `published` events is received or reported missed, asserting
+/// on the way that events come in order and none twice, each the one published, and that
+/// every notice accounts exactly for its gap.
+async fn read_lagging(client: &mut Client, published: u64) -> LagRead {
+    let mut read = LagRead {
+        received: 1, // event 0, read by `lag_scenario`
+        missed: 0,
+        notices: 0,
+        last_notice: None,
+        after_last_notice: 0,
+    };
     let mut next_seq = 1u64;
-    while received + missed_total < PUBLISHED {
+    while read.received + read.missed < published {
         match client.message().await.0 {
             ServerMessage::Event { event, seq } => {
                 assert_eq!(seq, Some(next_seq), "events arrive in order, none twice");
                 assert_eq!(event, big_event(next_seq));
-                received += 1;
+                read.received += 1;
+                read.after_last_notice += 1;
                 next_seq += 1;
             }
             ServerMessage::Lagged { missed, resume_seq } => {
@@ -321,32 +338,42 @@ async fn lagging_client_is_told_exactly_how_many_it_missed() {
                     next_seq + missed,
                     "the notice accounts for the gap"
                 );
-                missed_total += missed;
-                notices += 1;
+                read.missed += missed;
+                read.notices += 1;
+                read.last_notice = Some(resume_seq);
+                read.after_last_notice = 0;
                 next_seq = resume_seq;
             }
             ServerMessage::Started => panic!("a second started message"),
         }
     }
-    assert_eq!(received + missed_total, PUBLISHED);
+    assert_eq!(read.received + read.missed, published);
     assert_eq!(
-        next_seq, PUBLISHED,
+        next_seq, published,
         "the last event received is the last published"
     );
+    read
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_client_is_told_exactly_how_many_it_missed() {
+    const PUBLISHED: u64 = 2000;
+    let (server, mut client) = lag_scenario(OnLag::Notify, PUBLISHED).await;
+    let read = read_lagging(&mut client, PUBLISHED).await;
     assert!(
-        notices >= 1,
+        read.notices >= 1,
         "the client never lagged: the test proves nothing"
     );
     server
-        .wait_metric("herald_ws_lagged_events_total", missed_total)
+        .wait_metric("herald_ws_lagged_events_total", read.missed)
         .await;
     assert_eq!(
         server.metric("herald_ws_lagged_notices_total").await,
-        notices
+        read.notices
     );
     assert_eq!(
         server.metric("herald_ws_events_delivered_total").await,
-        received
+        read.received
     );
     assert_eq!(server.metric("herald_ws_lag_closes_total").await, 0);
 }
@@ -358,46 +385,17 @@ async fn max_behind_skips_a_slow_client_to_the_newest_events() {
     // (max_behind / 2), not the 1024 a lap alone would leave it.
     const PUBLISHED: u64 = 2000;
     let (server, mut client) = lag_scenario_with(OnLag::Notify, PUBLISHED, 1024, Some(16)).await;
-    let (mut received, mut missed_total) = (1u64, 0u64);
-    let mut next_seq = 1u64;
-    let mut last_notice: Option<u64> = None; // its resume-seq
-    let mut after_last_notice = 0u64;
-    while received + missed_total < PUBLISHED {
-        match client.message().await.0 {
-            ServerMessage::Event { event, seq } => {
-                assert_eq!(seq, Some(next_seq), "events arrive in order, none twice");
-                assert_eq!(event, big_event(next_seq));
-                received += 1;
-                next_seq += 1;
-                after_last_notice += 1;
-            }
-            ServerMessage::Lagged { missed, resume_seq } => {
-                assert!(missed >= 1);
-                assert_eq!(
-                    resume_seq,
-                    next_seq + missed,
-                    "the notice accounts for the gap"
-                );
-                missed_total += missed;
-                next_seq = resume_seq;
-                last_notice = Some(resume_seq);
-                after_last_notice = 0;
-            }
-            ServerMessage::Started => panic!("a second started message"),
-        }
-    }
-    assert_eq!(received + missed_total, PUBLISHED);
-    assert_eq!(next_seq, PUBLISHED);
+    let read = read_lagging(&mut client, PUBLISHED).await;
     // 2000 events of 16 KiB are far more than the socket buffers hold, so the server was
     // stalled far behind when the client read again: its last notice skips to the newest 8.
-    assert_eq!(last_notice, Some(PUBLISHED - 8));
-    assert_eq!(after_last_notice, 8);
+    assert_eq!(read.last_notice, Some(PUBLISHED - 8));
+    assert_eq!(read.after_last_notice, 8);
     server
-        .wait_metric("herald_ws_lagged_events_total", missed_total)
+        .wait_metric("herald_ws_lagged_events_total", read.missed)
         .await;
     assert_eq!(
         server.metric("herald_ws_events_delivered_total").await,
-        received
+        read.received
     );
 }
 
