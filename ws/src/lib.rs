@@ -4,7 +4,8 @@
 //! * [`EventsService`]: the same endpoints as a hyper service, to mount in an existing hyper
 //!   server; with the `axum` feature, `axum_router` does the same for axum.
 //! * [`ServerConfig`]: connection limit, handshake timeout, pings, message size limit, lag
-//!   policy ([`OnLag`]), write batch size.
+//!   policy ([`OnLag`]), how far behind a live client may fall (`max_behind`), write batch
+//!   size.
 //! * [`Metrics`]: counters, served at `/metrics` in the Prometheus text format.
 //!
 //! How a request is answered is in [`http`]; how a connection streams events (started,
