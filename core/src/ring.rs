@@ -65,10 +65,10 @@
 //! created, at join point `j`. If the segment was open it replays `startup[0..j)` (every
 //! one of those claims came before the seal) and then reads the ring from `j`; if sealed at
 //! seal point `S`, it replays `startup[0..S)` and reads the ring from `j >= S` (both ranges
-//! cut at `startup_capacity`, see below). Replay and
-//! live meet at a sequence number, never overlap, and are never compared by content.
-//! Startup events past `startup_capacity` are not kept; a replaying subscriber gets one
-//! `Lagged { missed }` with their count after the replay.
+//! cut at `startup_capacity`, see below). Replay and live meet at a sequence number, never
+//! overlap, and are never compared by content. Startup events past `startup_capacity` are
+//! not kept; a replaying subscriber gets one `Lagged { missed }` with their count after
+//! the replay.
 //!
 //! **Reclamation.** An entry taken out of a slot may still be read by a subscriber that
 //! loaded the pointer just before. Subscribers therefore read slots under an epoch guard
@@ -101,9 +101,9 @@
 //! may be waiting on, with a `SeqCst` store) and then loads `waiters` with `SeqCst`: in the
 //! single total order of `SeqCst` operations either the publisher's load comes after the
 //! push and it wakes the subscriber, or the subscriber's re-check comes after the write and
-//! finds the value. When nobody is parked the publisher does one load and no syscall. Taking the
-//! whole stack is one `swap`; each node carries an `AtomicWaker` and a `queued` flag so it
-//! sits in at most one stack. A subscriber dropped while parked leaves its node there
+//! finds the value. When nobody is parked the publisher does one load and no syscall.
+//! Taking the whole stack is one `swap`; each node carries an `AtomicWaker` and a `queued`
+//! flag so it sits in at most one stack. A subscriber dropped while parked leaves its node there
 //! (without its waker) until the next publish takes the stack; so that a ring nobody
 //! publishes to does not collect them, every `max(64, live subscribers)`-th such drop
 //! takes the stack itself, exactly as a publisher would, and parked subscribers get a
@@ -1048,8 +1048,8 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
     /// exception: a publisher lapped between its claim and its swap may put its older entry
     /// back into the slot for a moment, and a lag seen then can read as `Empty` again;
     /// nothing is lost, the next `ready` waits again). Consumes nothing, so it is
-    /// cancel-safe. Useful with `tokio::select!`, where the code that
-    /// handles the values needs borrows the waiting future must not hold:
+    /// cancel-safe. Useful with `tokio::select!`, where the code that handles the values
+    /// needs borrows the waiting future must not hold:
     ///
     /// ```
     /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
@@ -1230,7 +1230,8 @@ impl<T: Send + Sync + 'static> Subscriber<T> {
     /// let mut sub = publisher.subscribe();
     /// for v in 0..20 { publisher.publish(v); }
     /// assert_eq!(sub.skip_behind(8), 16); // 20 behind, more than 8: keep the newest 4
-    /// assert_eq!(sub.try_recv().unwrap_err(), TryRecvError::Lagged { missed: 16, resume_seq: 16 });
+    /// let told = TryRecvError::Lagged { missed: 16, resume_seq: 16 };
+    /// assert_eq!(sub.try_recv().unwrap_err(), told);
     /// assert_eq!(**sub.try_recv().unwrap(), 16);
     /// assert_eq!(sub.skip_behind(8), 0); // 3 behind
     /// ```

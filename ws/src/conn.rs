@@ -25,14 +25,13 @@
 //!    except for lags that are not the client's doing: with `from=`, any lag before the
 //!    client reaches the events published after it connected (a `from=` point no longer
 //!    retained, or a lap while it catches up on history), or a startup segment that
-//!    overflowed. A client that
-//!    joined live and was lapped before it read its first live event is closed.
-//!    Lags the bus reports back to back, with no event between them, are told as one
-//!    notice ([`take_events`]). With `max_behind` set, a live client more than that many
-//!    events behind is moved ahead before its next batch in the same way (the newest
-//!    `max_behind / 2` are left to read), so the events it gets stay fresh even when the
-//!    bus retains many more for `from=`; a `from=` client is live once it reaches the
-//!    events published after it connected, so its catching up is never cut short.
+//!    overflowed. A client that joined live and was lapped before it read its first live
+//!    event is closed. Lags the bus reports back to back, with no event between them, are
+//!    told as one notice ([`take_events`]). With `max_behind` set, a live client more than
+//!    that many events behind is moved ahead before its next batch in the same way (the
+//!    newest `max_behind / 2` are left to read), so the events it gets stay fresh even
+//!    when the bus retains many more for `from=`; a `from=` client is live once it reaches
+//!    the events published after it connected, so its catching up is never cut short.
 //!    Publishers never wait for any client.
 //! 5. **reading**: the client's frames are read all along (reads are cancel-safe and raced
 //!    against writes, so a long write never stops the reading and vice versa): pings are
@@ -533,10 +532,10 @@ fn take_events(
                 // Not the client's doing, so told even under `OnLag::Close`: with `from=`,
                 // anything before its first event published after it joined (the gap to
                 // the oldest retained event, a lap while it catches up on history, and one
-                // straight after); joined live, a startup segment that
-                // overflowed (the skipped range starts before `live_from`). Any other lag
-                // skipped live events the client did not read in time, even if it has
-                // not read a live event yet.
+                // straight after); joined live, a startup segment that overflowed (the
+                // skipped range starts before `live_from`). Any other lag skipped live
+                // events the client did not read in time, even if it has not read a live
+                // event yet.
                 let not_its_doing = match extensions.from {
                     Some(_) => !*live,
                     None => resume_seq - missed < live_from,
