@@ -434,7 +434,7 @@ pub(crate) async fn stream_events<R, W>(
                 if let Some(max) = config.max_behind
                     && (live || extensions.from.is_none())
                 {
-                    ready.skip_behind(max);
+                    metrics::add(&metrics.skipped_events, ready.skip_behind(max));
                 }
                 let taken = take_events(
                     |lend| ready.try_recv_each(config.write_batch, lend),

@@ -27,6 +27,9 @@ pub struct Metrics {
     pub lagged_events: AtomicU64,
     /// `lagged` notices sent.
     pub lagged_notices: AtomicU64,
+    /// Of `lagged_events`, those skipped because a live client fell more than `max_behind`
+    /// behind (the rest: the bus lapped the client, or `from=` asked for more than it keeps).
+    pub skipped_events: AtomicU64,
     /// Connections closed with 1008 because they lagged (`OnLag::Close`).
     pub lag_closes: AtomicU64,
     /// Connections dropped because they did not answer a ping in time.
@@ -54,6 +57,8 @@ pub struct MetricsSnapshot {
     pub lagged_events: u64,
     /// As [`Metrics::lagged_notices`].
     pub lagged_notices: u64,
+    /// As [`Metrics::skipped_events`].
+    pub skipped_events: u64,
     /// As [`Metrics::lag_closes`].
     pub lag_closes: u64,
     /// As [`Metrics::ping_timeouts`].
@@ -87,6 +92,7 @@ impl Metrics {
             events_delivered: get(&self.events_delivered),
             lagged_events: get(&self.lagged_events),
             lagged_notices: get(&self.lagged_notices),
+            skipped_events: get(&self.skipped_events),
             lag_closes: get(&self.lag_closes),
             ping_timeouts: get(&self.ping_timeouts),
             protocol_errors: get(&self.protocol_errors),
@@ -97,7 +103,7 @@ impl Metrics {
     /// The Prometheus text exposition of these counters and of `bus`'s.
     pub fn render(&self, bus: BusStats) -> String {
         let m = self.snapshot();
-        let rows: [(&str, &str, &str, u64); 17] = [
+        let rows: [(&str, &str, &str, u64); 18] = [
             (
                 "herald_ws_connections",
                 "gauge",
@@ -139,6 +145,12 @@ impl Metrics {
                 "counter",
                 "lagged notices sent.",
                 m.lagged_notices,
+            ),
+            (
+                "herald_ws_skipped_events_total",
+                "counter",
+                "Of the lagged events, those skipped because a client fell more than max_behind behind.",
+                m.skipped_events,
             ),
             (
                 "herald_ws_lag_closes_total",
@@ -237,7 +249,7 @@ mod tests {
         assert!(text.contains("\nherald_bus_startup_sealed 1\n"));
         // Every sample line is `name value` with a known TYPE above it.
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
-        assert_eq!(samples, 17);
-        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 17);
+        assert_eq!(samples, 18);
+        assert_eq!(text.lines().filter(|l| l.starts_with("# TYPE")).count(), 18);
     }
 }

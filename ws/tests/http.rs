@@ -208,6 +208,7 @@ async fn healthz_and_metrics() {
     assert_eq!(sample(text, "herald_ws_rejected_total"), 0);
     assert_eq!(sample(text, "herald_ws_lagged_events_total"), 0);
     assert_eq!(sample(text, "herald_ws_lagged_notices_total"), 0);
+    assert_eq!(sample(text, "herald_ws_skipped_events_total"), 0);
     assert_eq!(sample(text, "herald_bus_subscribers"), 1);
     assert_eq!(sample(text, "herald_bus_startup_events"), 3);
     assert_eq!(sample(text, "herald_bus_startup_sealed"), 1);

@@ -393,6 +393,13 @@ async fn max_behind_skips_a_slow_client_to_the_newest_events() {
     server
         .wait_metric("herald_ws_lagged_events_total", read.missed)
         .await;
+    // The last skip alone is more than 1000 events (the server was stalled far behind).
+    let skipped = server.metric("herald_ws_skipped_events_total").await;
+    assert!(
+        skipped > 1000 && skipped <= read.missed,
+        "skipped {skipped} of {}",
+        read.missed
+    );
     assert_eq!(
         server.metric("herald_ws_events_delivered_total").await,
         read.received
@@ -449,6 +456,11 @@ async fn max_behind_does_not_cut_short_a_from_client_catching_up() {
         client.expect_events(&[live_event(500)]).await;
         assert_eq!(
             server.metric("herald_ws_lagged_events_total").await,
+            0,
+            "{on_lag}"
+        );
+        assert_eq!(
+            server.metric("herald_ws_skipped_events_total").await,
             0,
             "{on_lag}"
         );
