@@ -230,6 +230,19 @@ mod reclaim {
     }
 
     impl Limbo {
+        /// Takes the oldest entry out of the queue if its grace period is over (`done`, the
+        /// highest marker run, reached the marker that followed it).
+        #[inline]
+        fn pop_expired(&mut self, done: u64) -> Option<usize> {
+            match self.queue.front() {
+                Some(&(addr, marker)) if marker <= done => {
+                    self.queue.pop_front();
+                    Some(addr)
+                }
+                _ => None,
+            }
+        }
+
         /// At every `CHECK_EVERY`-th marker: if this thread publishes slowly, takes the
         /// entries past their grace period beyond the first `SLOW_KEEP` (at most
         /// `TRIM_MAX` of them) out of the queue, for the caller to free, and returns `true`:
@@ -252,13 +265,10 @@ mod reclaim {
             // `defer_marker`).
             let done = done.load(Ordering::Acquire);
             while self.queue.len() > SLOW_KEEP && trimmed.len() < TRIM_MAX {
-                match self.queue.front() {
-                    Some(&(addr, marker)) if marker <= done => {
-                        self.queue.pop_front();
-                        trimmed.push((addr, release));
-                    }
-                    _ => break,
-                }
+                let Some(addr) = self.pop_expired(done) else {
+                    break;
+                };
+                trimmed.push((addr, release));
             }
             true
         }
@@ -446,13 +456,8 @@ mod reclaim {
                     // Acquire: pairs with the Release `fetch_max` of the markers' closures
                     // (see `defer_marker`).
                     let done = l.done.as_ref()?.load(Ordering::Acquire);
-                    match l.queue.front() {
-                        Some(&(addr, marker)) if marker <= done => {
-                            l.queue.pop_front();
-                            Some((addr, (kind != TypeId::of::<R>()).then_some(release)))
-                        }
-                        _ => None,
-                    }
+                    let addr = l.pop_expired(done)?;
+                    Some((addr, (kind != TypeId::of::<R>()).then_some(release)))
                 })
                 .ok()
                 .flatten()?;
