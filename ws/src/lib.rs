@@ -26,4 +26,6 @@ pub mod tail;
 
 #[cfg(feature = "axum")]
 pub use server::axum_router;
-pub use server::{EventsService, Metrics, OnLag, ServerConfig, serve};
+pub use server::{
+    EventsService, MAX_SEND_BUFFER, MIN_SEND_BUFFER, Metrics, OnLag, ServerConfig, serve,
+};

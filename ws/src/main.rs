@@ -90,6 +90,11 @@ struct ServeArgs {
     /// resumption long.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1 << 30))]
     max_behind: Option<u64>,
+    /// Bytes of kernel send buffer (SO_SNDBUF) per connection, 4096 to 2^30; default: the
+    /// kernel's autotuning (up to 4 MiB a connection on Linux). With --max-behind, bounds
+    /// how old a slow client's events get: what waits in the kernel cannot be skipped.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(4096..=1 << 30))]
+    send_buffer: Option<u64>,
     /// Read-only role: milliseconds the simulated node takes to report a finalised block's
     /// transfers (each block then gets `transfers-available`).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(0..=60_000))]
@@ -222,6 +227,7 @@ async fn serve_node(args: &ServeArgs) -> ExitCode {
         max_connections: to_usize(args.max_connections),
         on_lag: args.on_lag,
         max_behind: args.max_behind,
+        send_buffer: args.send_buffer.map(to_usize),
         ..ServerConfig::default()
     };
 

@@ -36,6 +36,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioIo, TokioTimer};
+use socket2::SockRef;
 use tokio::net::TcpListener;
 use tokio::runtime::Handle;
 use tokio::sync::{Notify, oneshot, watch};
@@ -127,7 +128,23 @@ pub struct ServerConfig {
     /// back `from=` can resume; checked once per batch, not while a `from=` client catches
     /// up to where it joined.
     pub max_behind: Option<u64>,
+    /// The kernel send buffer (`SO_SNDBUF`) of each accepted connection, in bytes
+    /// ([`serve`] only; an embedding server configures its own sockets). `None` (the
+    /// default): the kernel's autotuning, which on Linux lets one connection's buffer
+    /// grow to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default) and starts it near 1 MiB
+    /// on loopback. What waits there is out of the server's reach: `max_behind` cannot
+    /// skip it, so a slow client's oldest events can be seconds old. A bound here keeps
+    /// that backlog to a few batches. Linux doubles the value for its bookkeeping and
+    /// raises it to its minimum (4608). Between [`MIN_SEND_BUFFER`] and
+    /// [`MAX_SEND_BUFFER`].
+    pub send_buffer: Option<usize>,
 }
+
+/// The smallest [`ServerConfig::send_buffer`].
+pub const MIN_SEND_BUFFER: usize = 4096;
+/// The largest [`ServerConfig::send_buffer`] (1 GiB; `SO_SNDBUF` takes a C `int`, which
+/// the kernel doubles).
+pub const MAX_SEND_BUFFER: usize = 1 << 30;
 
 impl Default for ServerConfig {
     fn default() -> Self {
@@ -140,6 +157,7 @@ impl Default for ServerConfig {
             on_lag: OnLag::Notify,
             write_batch: 128,
             max_behind: None,
+            send_buffer: None,
         }
     }
 }
@@ -157,7 +175,8 @@ impl fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl ServerConfig {
-    /// Checks that every value can work: durations and sizes must be non-zero.
+    /// Checks that every value can work: durations and sizes must be non-zero, and
+    /// `send_buffer` within its bounds.
     ///
     /// # Errors
     ///
@@ -179,11 +198,19 @@ impl ServerConfig {
         if self.max_behind == Some(0) {
             return zero("max_behind");
         }
+        if let Some(n) = self.send_buffer
+            && !(MIN_SEND_BUFFER..=MAX_SEND_BUFFER).contains(&n)
+        {
+            return Err(ConfigError(format!(
+                "send_buffer must be between {MIN_SEND_BUFFER} and {MAX_SEND_BUFFER} bytes, \
+                 not {n}"
+            )));
+        }
         Ok(())
     }
 
-    /// This config with every zero that [`validate`](Self::validate) refuses raised to the
-    /// smallest working value (1 ms, 1 event).
+    /// This config with every value that [`validate`](Self::validate) refuses brought to
+    /// the nearest working one (1 ms, 1 event, the send buffer's bounds).
     fn clamped(mut self) -> Self {
         let min = Duration::from_millis(1);
         self.handshake_timeout = self.handshake_timeout.max(min);
@@ -191,6 +218,9 @@ impl ServerConfig {
         self.ping_timeout = self.ping_timeout.max(min);
         self.write_batch = self.write_batch.max(1);
         self.max_behind = self.max_behind.map(|n| n.max(1));
+        self.send_buffer = self
+            .send_buffer
+            .map(|n| n.clamp(MIN_SEND_BUFFER, MAX_SEND_BUFFER));
         self
     }
 }
@@ -472,6 +502,11 @@ async fn accept(
                 Ok((tcp, peer)) => {
                     // Frames are batched by the connection; send each batch at once.
                     let _ = tcp.set_nodelay(true);
+                    if let Some(bytes) = config.send_buffer
+                        && let Err(e) = SockRef::from(&tcp).set_send_buffer_size(bytes)
+                    {
+                        tracing::warn!(%peer, error = %e, bytes, "could not set SO_SNDBUF");
+                    }
                     let connection = http
                         .serve_connection(TokioIo::new(tcp), service.clone())
                         .with_upgrades();

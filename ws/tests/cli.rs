@@ -499,6 +499,7 @@ fn bad_flags_exit_2_with_a_message() {
         (&["serve", "--listen", "nowhere"][..], "--listen"),
         (&["serve", "--capacity", "0"][..], "--capacity"),
         (&["serve", "--max-behind", "0"][..], "--max-behind"),
+        (&["serve", "--send-buffer", "4095"][..], "--send-buffer"),
         // 2^30 slots would be 8 GiB allocated up front: refused, not an abort.
         (&["serve", "--capacity", "1073741824"][..], "--capacity"),
         (

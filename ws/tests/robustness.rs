@@ -474,3 +474,55 @@ fn serve_outside_a_tokio_runtime_is_an_error_not_a_panic() {
         Poll::Pending => panic!("serve waited outside a runtime"),
     }
 }
+
+/// A config that cannot work is refused by `serve` with `InvalidInput` naming the field,
+/// before anything listens; one at a bound is accepted by `validate`.
+#[tokio::test]
+async fn serve_refuses_a_config_that_cannot_work() {
+    let bad = [
+        (
+            ServerConfig {
+                write_batch: 0,
+                ..ServerConfig::default()
+            },
+            "write_batch must be greater than zero",
+        ),
+        (
+            ServerConfig {
+                max_behind: Some(0),
+                ..ServerConfig::default()
+            },
+            "max_behind must be greater than zero",
+        ),
+        (
+            ServerConfig {
+                send_buffer: Some(herald_ws::MIN_SEND_BUFFER - 1),
+                ..ServerConfig::default()
+            },
+            "send_buffer must be between 4096 and 1073741824 bytes, not 4095",
+        ),
+        (
+            ServerConfig {
+                send_buffer: Some(herald_ws::MAX_SEND_BUFFER + 1),
+                ..ServerConfig::default()
+            },
+            "send_buffer must be between 4096 and 1073741824 bytes, not 1073741825",
+        ),
+    ];
+    for (config, message) in bad {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let bus = node(64);
+        let err = herald_ws::serve(listener, bus.tap(), config, std::future::pending())
+            .await
+            .expect_err("a bad config is refused");
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidInput);
+        assert_eq!(err.to_string(), message);
+    }
+    for bytes in [herald_ws::MIN_SEND_BUFFER, herald_ws::MAX_SEND_BUFFER] {
+        let config = ServerConfig {
+            send_buffer: Some(bytes),
+            ..ServerConfig::default()
+        };
+        assert_eq!(config.validate(), Ok(()));
+    }
+}

@@ -268,11 +268,27 @@ async fn lag_scenario_with(
 ) -> (TestServer, Client) {
     let config = ServerConfig {
         on_lag,
+        max_behind,
+        ..lag_config()
+    };
+    lag_scenario_config(config, count, capacity).await
+}
+
+/// The server config of the lag scenarios: batches of 8, no pings in the way.
+fn lag_config() -> ServerConfig {
+    ServerConfig {
         write_batch: 8,
         ping_interval: std::time::Duration::from_secs(60),
-        max_behind,
         ..ServerConfig::default()
-    };
+    }
+}
+
+/// As [`lag_scenario`], with a bus of `capacity` and the server `config`.
+async fn lag_scenario_config(
+    config: ServerConfig,
+    count: u64,
+    capacity: usize,
+) -> (TestServer, Client) {
     let bus = Bus::new(BusConfig {
         capacity,
         startup_capacity: 16,
@@ -308,6 +324,9 @@ struct LagRead {
     /// `resume-seq` of the last `lagged` notice, and how many events came after it.
     last_notice: Option<u64>,
     after_last_notice: u64,
+    /// Events received before the first `lagged` notice (event 0 included): what the
+    /// server had already written when it fell behind.
+    before_first_notice: Option<u64>,
 }
 
 /// Reads until every one of `published` events is received or reported missed, asserting
@@ -320,6 +339,7 @@ async fn read_lagging(client: &mut Client, published: u64) -> LagRead {
         notices: 0,
         last_notice: None,
         after_last_notice: 0,
+        before_first_notice: None,
     };
     let mut next_seq = 1u64;
     while read.received + read.missed < published {
@@ -338,6 +358,7 @@ async fn read_lagging(client: &mut Client, published: u64) -> LagRead {
                     next_seq + missed,
                     "the notice accounts for the gap"
                 );
+                read.before_first_notice.get_or_insert(read.received);
                 read.missed += missed;
                 read.notices += 1;
                 read.last_notice = Some(resume_seq);
@@ -403,6 +424,80 @@ async fn max_behind_skips_a_slow_client_to_the_newest_events() {
     assert_eq!(
         server.metric("herald_ws_events_delivered_total").await,
         read.received
+    );
+}
+
+/// A client that reads one event and stops reading while big events are published one at
+/// a time, each once the server has written the one before, until the server's socket is
+/// full (nothing written for [`QUIET`]); then 100 more at once. Returns the server, the
+/// client, how many events the server wrote before it stalled, and how many were published.
+async fn stalled_socket_scenario(send_buffer: Option<usize>) -> (TestServer, Client, u64, u64) {
+    /// How long the server may write nothing before its socket counts as full.
+    const QUIET: std::time::Duration = std::time::Duration::from_millis(300);
+    let config = ServerConfig {
+        max_behind: Some(16),
+        send_buffer,
+        ..lag_config()
+    };
+    let (server, client) = lag_scenario_config(config, 1, 1024).await;
+    server
+        .wait_metric("herald_ws_events_delivered_total", 1)
+        .await;
+    let mut published = 1;
+    let written = loop {
+        assert!(
+            published < 1000,
+            "16 MB written and the socket never filled"
+        );
+        server.bus.publish(big_event(published));
+        published += 1;
+        let deadline = tokio::time::Instant::now() + QUIET;
+        let delivered = loop {
+            let delivered = server.metric("herald_ws_events_delivered_total").await;
+            if delivered == published || tokio::time::Instant::now() >= deadline {
+                break delivered;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        };
+        if delivered < published {
+            break delivered;
+        }
+    };
+    for _ in 0..100 {
+        server.bus.publish(big_event(published));
+        published += 1;
+    }
+    (server, client, written, published)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_buffer_bounds_what_a_slow_client_gets_before_it_skips() {
+    // What the server has written waits in the kernel, where max_behind cannot skip it.
+    // With the send buffer at its 4096-byte floor (8 KiB once Linux doubles it) and the
+    // client's receive buffer as small, a stalled client's backlog of old events is what
+    // 16 KiB of kernel buffers hold of 16 KiB events and the batch the server was writing;
+    // then come the notice and the newest 8.
+    let before_first_notice = async |send_buffer| {
+        let (_server, mut client, written, published) = stalled_socket_scenario(send_buffer).await;
+        let read = read_lagging(&mut client, published).await;
+        assert_eq!(read.last_notice, Some(published - 8));
+        assert_eq!(read.after_last_notice, 8);
+        let before = read.before_first_notice.expect("the client lagged");
+        assert!(
+            before > written,
+            "{before} received, {written} written at the stall"
+        );
+        before
+    };
+    // Event 0, the event being written when the socket filled, and what the 16 KiB hold.
+    let bounded = before_first_notice(Some(herald_ws::MIN_SEND_BUFFER)).await;
+    assert!(bounded <= 4, "{bounded} old events before the notice");
+    // Without the bound, Linux lets the socket hold megabytes (171 events measured here):
+    // the test would fail without the option applied.
+    let autotuned = before_first_notice(None).await;
+    assert!(
+        autotuned >= 32,
+        "only {autotuned} old events with autotuning"
     );
 }
 
