@@ -93,6 +93,7 @@ struct ServeArgs {
     /// Bytes of kernel send buffer (SO_SNDBUF) per connection, 4096 to 2^30; default: the
     /// kernel's autotuning (up to 4 MiB a connection on Linux). With --max-behind, bounds
     /// how old a slow client's events get: what waits in the kernel cannot be skipped.
+    /// Also caps a connection at about BYTES per round trip: size it for remote clients.
     #[arg(long, value_parser = clap::value_parser!(u64).range(4096..=1 << 30))]
     send_buffer: Option<u64>,
     /// Read-only role: milliseconds the simulated node takes to report a finalised block's

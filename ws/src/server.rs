@@ -134,9 +134,12 @@ pub struct ServerConfig {
     /// grow to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default) and starts it near 1 MiB
     /// on loopback. What waits there is out of the server's reach: `max_behind` cannot
     /// skip it, so a slow client's oldest events can be seconds old. A bound here keeps
-    /// that backlog to a few batches. Linux doubles the value for its bookkeeping and
-    /// raises it to its minimum (4608). Between [`MIN_SEND_BUFFER`] and
-    /// [`MAX_SEND_BUFFER`].
+    /// that backlog to a few batches; with `max_behind` it bounds the tail of a slow
+    /// client's latency (`bench/RESULTS.md`). It also caps one connection's rate at about
+    /// `send_buffer` per round trip (64 KiB over a 50 ms path: 1.3 MB/s, some 550 block
+    /// events a second): size it for the farthest client you serve. Linux doubles the
+    /// value for its bookkeeping and raises it to its minimum (4608). Between
+    /// [`MIN_SEND_BUFFER`] and [`MAX_SEND_BUFFER`].
     pub send_buffer: Option<usize>,
 }
 
