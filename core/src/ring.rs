@@ -765,6 +765,11 @@ pub struct Publisher<T: Send + Sync + 'static> {
 impl<T: Send + Sync + 'static> Publisher<T> {
     /// Publishes `value` and returns its sequence number. Lock-free: never waits for a
     /// subscriber; wakes parked subscribers, if any.
+    ///
+    /// # Panics
+    ///
+    /// If a parked subscriber's `Waker` panics (a bug in its executor): the panic reaches
+    /// the caller after `value` is published and every other parked subscriber is woken.
     #[inline]
     pub fn publish(&self, value: T) -> u64 {
         self.shared.publish(self.shared.entry(value))
@@ -1689,6 +1694,45 @@ mod tests {
             ));
             assert_eq!(count(), base + 2);
         }
+    }
+
+    /// A buggy waker.
+    struct PanickingWaker;
+
+    impl std::task::Wake for PanickingWaker {
+        fn wake(self: std::sync::Arc<Self>) {
+            panic!("waker bug");
+        }
+    }
+
+    #[test]
+    fn a_panicking_waker_does_not_strand_the_other_parked_subscribers() {
+        let (publisher, wakes, waker) = sealed_ring_and_counting_waker();
+        // SeqCst: pairs with the counter's increments, made on this thread.
+        let count = || wakes.0.load(Ordering::SeqCst);
+        // The stack is last in, first out: one good waker is woken before the bad one, one
+        // after it.
+        let mut first = publisher.subscribe();
+        park(&mut first, &waker);
+        let mut bad = publisher.subscribe();
+        park(&mut bad, &Waker::from(std::sync::Arc::new(PanickingWaker)));
+        let mut last = publisher.subscribe();
+        park(&mut last, &waker);
+        assert_eq!((count(), publisher.shared.waiters.len()), (0, 3));
+
+        let publish = std::panic::AssertUnwindSafe(|| publisher.publish(1));
+        let panic = std::panic::catch_unwind(publish).expect_err("the waker's panic is told");
+        assert_eq!(panic.downcast_ref::<&str>(), Some(&"waker bug"));
+        // Both good subscribers were woken, and the value was published before the wakes.
+        assert_eq!((count(), publisher.shared.waiters.len()), (2, 0));
+        for sub in [&mut first, &mut bad, &mut last] {
+            assert_eq!(**sub.try_recv().unwrap(), 1);
+        }
+        // Nobody is left marked as queued: each parks again and is woken by the next value.
+        park(&mut first, &waker);
+        park(&mut last, &waker);
+        publisher.publish(2);
+        assert_eq!((count(), publisher.shared.waiters.len()), (4, 0));
     }
 
     #[test]

@@ -240,14 +240,31 @@ impl WaitStack {
     }
 
     /// Takes every parked node and wakes it.
+    ///
+    /// # Panics
+    ///
+    /// If a waker panics: after waking every other node taken, with the first panic. The
+    /// nodes are off the stack by then, so this call is the only one that can reach them;
+    /// stopping at the panic would leave their subscribers parked for good.
     pub(crate) fn wake_all(&self) {
-        self.take_all(|node| node.waker.wake());
+        let mut panicked = None;
+        self.take_all(|node| {
+            // Unwind safety: a panic leaves nothing half-done here; `take` released the
+            // waker's state before calling it.
+            let wake = std::panic::AssertUnwindSafe(|| node.waker.wake());
+            if let Err(panic) = std::panic::catch_unwind(wake) {
+                panicked.get_or_insert(panic);
+            }
+        });
+        if let Some(panic) = panicked {
+            std::panic::resume_unwind(panic);
+        }
     }
 
     /// Takes every parked node off the stack and hands each to `then` once it is out (its
     /// `queued` flag cleared).
     #[inline]
-    fn take_all(&self, then: impl Fn(&WaitNode)) {
+    fn take_all(&self, mut then: impl FnMut(&WaitNode)) {
         // Acquire: pairs with push's Release CAS, so each node's `next` is visible.
         let mut p = self.head.swap(ptr::null_mut(), Ordering::Acquire);
         while !p.is_null() {
