@@ -1,21 +1,9 @@
 #!/usr/bin/env bash
 # herald serve at 2000/s x 1000 connections, default capacity 4096, with and without --max-behind.
-set -u
-cd /work/main
-port=21400
-run() {
-  label=$1; shift
-  port=$((port+2))
-  target/release/herald serve --listen 127.0.0.1:$port --rate 2000 "$@" >/dev/null 2>&1 &
-  pid=$!
-  sleep 1
-  line=$(target/release/herald-loadgen --url ws://127.0.0.1:$port/ws/events --conns 1000 --secs 10 --warmup-secs 2 --rate 2000 2>/dev/null | tail -1)
-  kill $pid; wait $pid 2>/dev/null
-  echo "$label $(echo "$line" | grep -oE '(events_per_s|lagged_notices|missed|gaps|dups|p50_us|p99_us|p999_us)=[0-9]+' | tr '\n' ' ')"
-}
-for round in 3 4 5; do
-  run "round=$round max_behind=none capacity=4096"
-  run "round=$round max_behind=128 capacity=4096" --max-behind 128
-  run "round=$round max_behind=512 capacity=4096" --max-behind 512
-  run "round=$round max_behind=none capacity=128" --capacity 128
-done
+# (Run at 21:02 UTC as an equivalent inline loop, rounds 3-5 of this; bench/run-configs.sh is
+# that loop. The results file labels the configs "max_behind=... capacity=...".)
+exec "$(dirname "$0")/../run-configs.sh" \
+    "max_behind=none,capacity=4096:" \
+    "max_behind=128,capacity=4096:--max-behind 128" \
+    "max_behind=512,capacity=4096:--max-behind 512" \
+    "max_behind=none,capacity=128:--capacity 128"
