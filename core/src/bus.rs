@@ -174,6 +174,15 @@ impl Bus {
         }
     }
 
+    /// Frees, once no subscriber can still be reading them, the overwritten events this
+    /// thread keeps for reuse by its next publishes: for a thread that published a burst
+    /// and will not publish again for a long time. See [`Publisher::release_retired`].
+    ///
+    /// [`Publisher::release_retired`]: crate::ring::Publisher::release_retired
+    pub fn release_retired(&self) {
+        self.publisher.release_retired();
+    }
+
     /// Seals the startup segment in one atomic step; returns how many events it holds
     /// (published before the seal, kept or not). Idempotent.
     pub fn seal_startup(&self) -> u64 {

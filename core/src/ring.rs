@@ -788,6 +788,20 @@ impl<T: Send + Sync + 'static> Publisher<T> {
         seq
     }
 
+    /// Frees, once no subscriber can still be reading them, the overwritten entries (and
+    /// their values) that this thread keeps for reuse by its next publishes.
+    ///
+    /// A thread that publishes fast keeps about 10,000 of them after a burst (a publish
+    /// reuses one and retires one, so the count stays); one that publishes slowly trims
+    /// them to a few hundred as it goes. A thread that stops publishing keeps them until a
+    /// `Publisher` is dropped on it or it exits: call this on a thread that published a
+    /// burst (a replay, a catch-up) and will not publish again for a long time. The next
+    /// publishes on this thread allocate until the cache refills. Cheap when the cache is
+    /// empty.
+    pub fn release_retired(&self) {
+        sync::flush_retired();
+    }
+
     /// Closes the startup segment in one atomic step and returns the seal point: the number
     /// of events published before it. Idempotent; every call returns the same point.
     pub fn seal_startup(&self) -> u64 {

@@ -160,8 +160,9 @@ mod reclaim {
     /// reads the clock once per 128 publishes and flushes at most once a millisecond.
     ///
     /// Entries in limbo are reused by this thread's next publishes, handed to the collector
-    /// when a `Publisher` is dropped on this thread ([`flush_retired`]), or at thread
-    /// exit; a thread that stops publishing keeps what its limbo held then.
+    /// when a `Publisher` is dropped on this thread or `Publisher::release_retired` is
+    /// called on it ([`flush_retired`]), or at thread exit; a thread that stops publishing
+    /// otherwise keeps what its limbo held then.
     #[derive(Debug, Default)]
     pub(crate) struct Reclaimer;
 

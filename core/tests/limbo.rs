@@ -165,3 +165,39 @@ fn slow_publishers_on_several_threads_each_keep_few_values_alive() {
         THREADS * BOUND
     );
 }
+
+/// A thread that published a burst and will publish no more frees what its limbo holds
+/// when asked, without dropping its publisher; and the publisher still works after.
+#[test]
+fn release_retired_frees_a_burst_backlog_on_a_thread_that_stops_publishing() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let alive = Arc::new(AtomicUsize::new(0));
+    let p = sealed_ring();
+    for _ in 0..50_000 {
+        p.publish(Counted::new(&alive));
+    }
+    let after_burst = alive.load(Ordering::SeqCst) - CAPACITY;
+    assert!(
+        after_burst > 2 * BOUND,
+        "the burst left only {after_burst} values beyond the ring: nothing to release"
+    );
+    // Without the call the backlog stays as long as this thread publishes nothing: it is
+    // in the thread's own queue, where no advance of the epoch reaches it.
+    for _ in 0..1_000 {
+        crossbeam_epoch::pin().flush();
+    }
+    assert_eq!(alive.load(Ordering::SeqCst) - CAPACITY, after_burst);
+    p.release_retired();
+    // Exactly the ring's own values are left once the grace periods are over.
+    assert!(common::collect_until(
+        || alive.load(Ordering::SeqCst) == CAPACITY
+    ));
+    // The ring and this thread's publishing are unaffected.
+    let mut sub = p.subscribe();
+    p.publish(Counted::new(&alive));
+    assert!(sub.try_recv().is_ok());
+    p.release_retired(); // empty cache: nothing to do
+    drop(sub);
+    drop(p);
+    assert!(common::collect_until(|| alive.load(Ordering::SeqCst) == 0));
+}
