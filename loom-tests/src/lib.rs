@@ -7,10 +7,10 @@
 //! without `--cfg herald_loom` this crate holds no model, only a check that the commands
 //! documented in the README and run by `.ci/run` are these.
 //!
-//! The models are in `tests/`; this file holds what they share (built under loom only):
-//! [`check`] (the loom runner with the preemption bound), [`Payload`] (a value whose body
-//! loom tracks and whose drop is recorded in a [`DropLog`]) and [`Transcript`] (the
-//! exactly-once / exact-lag checker).
+//! The models are in `tests/`; this file holds what they share (built under loom only,
+//! so not linked here): `check` (the loom runner with the preemption bound), `Payload` (a
+//! value whose body loom tracks and whose drop is recorded in a `DropLog`) and
+//! `Transcript` (the exactly-once / exact-lag checker).
 
 /// The one command that runs every model (what the README documents and `.ci/run` runs).
 pub const RUN_MODELS: &str = "bash loom-tests/run.sh";
