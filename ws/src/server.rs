@@ -26,7 +26,7 @@ use std::fmt;
 use std::future::{Future, Ready, ready};
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -479,6 +479,9 @@ pub async fn serve(
     accepted
 }
 
+/// Set once a failure to set `SO_SNDBUF` has been logged as a warning.
+static SNDBUF_WARNED: AtomicBool = AtomicBool::new(false);
+
 /// The handshake thread's loop: accepts and answers HTTP until `shutdown` resolves, then
 /// stops accepting, signals the streams to close and drops the handshakes in progress.
 async fn accept(
@@ -508,7 +511,14 @@ async fn accept(
                     if let Some(bytes) = config.send_buffer
                         && let Err(e) = SockRef::from(&tcp).set_send_buffer_size(bytes)
                     {
-                        tracing::warn!(%peer, error = %e, bytes, "could not set SO_SNDBUF");
+                        // Once as a warning: a platform that refuses it refuses it for
+                        // every connection.
+                        // Relaxed: a log flag; nothing else is published through it.
+                        if SNDBUF_WARNED.swap(true, Ordering::Relaxed) {
+                            tracing::debug!(%peer, error = %e, bytes, "could not set SO_SNDBUF");
+                        } else {
+                            tracing::warn!(%peer, error = %e, bytes, "could not set SO_SNDBUF");
+                        }
                     }
                     let connection = http
                         .serve_connection(TokioIo::new(tcp), service.clone())
