@@ -129,7 +129,9 @@ pub struct ServerConfig {
     /// up to where it joined.
     pub max_behind: Option<u64>,
     /// The kernel send buffer (`SO_SNDBUF`) of each accepted connection, in bytes
-    /// ([`serve`] only; an embedding server configures its own sockets). `None` (the
+    /// ([`serve`] only; an embedding server configures its own sockets, e.g. with axum
+    /// 0.8's `listener.tap_io(|tcp| ...)` and `socket2::SockRef::from(tcp)
+    /// .set_send_buffer_size(n)`). `None` (the
     /// default): the kernel's autotuning, which on Linux lets one connection's buffer
     /// grow to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default) and starts it near 1 MiB
     /// on loopback. What waits there is out of the server's reach: `max_behind` cannot
