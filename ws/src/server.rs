@@ -133,8 +133,8 @@ pub struct ServerConfig {
     /// 0.8's `listener.tap_io(|tcp| ...)` and `socket2::SockRef::from(tcp)
     /// .set_send_buffer_size(n)`). `None` (the
     /// default): the kernel's autotuning, which on Linux lets one connection's buffer
-    /// grow to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default) and starts it near 1 MiB
-    /// on loopback. What waits there is out of the server's reach: `max_behind` cannot
+    /// grow to `net.ipv4.tcp_wmem`'s maximum (4 MiB by default); on loopback it starts at
+    /// 3.8 MB. What waits there is out of the server's reach: `max_behind` cannot
     /// skip it, so a slow client's oldest events can be seconds old. A bound here keeps
     /// that backlog to a few batches; with `max_behind` it bounds the tail of a slow
     /// client's latency (`bench/RESULTS.md`). It also caps one connection's rate at about
