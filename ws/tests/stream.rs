@@ -429,7 +429,7 @@ async fn max_behind_skips_a_slow_client_to_the_newest_events() {
 
 /// A client that reads one event and stops reading while big events are published one at
 /// a time, each once the server has written the one before, until the server's socket is
-/// full (nothing written for [`QUIET`]); then 100 more at once. Returns the server, the
+/// full (nothing written for `QUIET`); then 100 more at once. Returns the server, the
 /// client, how many events the server wrote before it stalled, and how many were published.
 async fn stalled_socket_scenario(send_buffer: Option<usize>) -> (TestServer, Client, u64, u64) {
     /// How long the server may write nothing before its socket counts as full: long, so
