@@ -9,6 +9,15 @@ use loom::sync::atomic::AtomicBool;
 
 pub use herald_core::ring::{Publisher, RecvError, RingConfig, ring};
 
+/// A ring of `capacity` slots with no startup segment, so every value is live: what most
+/// models start from.
+pub fn live_ring(capacity: usize) -> Publisher<Payload> {
+    ring::<Payload>(RingConfig {
+        capacity,
+        startup_capacity: 0,
+    })
+}
+
 /// Runs `model` under loom in every interleaving with at most [`PREEMPTION_BOUND`]
 /// preemptions (or `LOOM_MAX_PREEMPTIONS`, when set). Returns how many executions loom
 /// explored (also printed, with `--nocapture`).

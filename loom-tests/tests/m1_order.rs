@@ -5,7 +5,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use herald_loom_tests::{DropLog, Payload, RingConfig, Step, Transcript, check, ring};
+use herald_loom_tests::{DropLog, Payload, Step, Transcript, check, live_ring};
 use loom::thread;
 
 const EVENTS: u64 = 3;
@@ -19,10 +19,7 @@ static ALL_SEEN: AtomicBool = AtomicBool::new(false);
 #[test]
 fn in_order_or_exact_lag() {
     check("in_order_or_exact_lag", || {
-        let publisher = ring::<Payload>(RingConfig {
-            capacity: 2,
-            startup_capacity: 0,
-        });
+        let publisher = live_ring(2);
         let mut sub = publisher.subscribe();
         let reader = thread::spawn(move || {
             let mut t = Transcript::default();
@@ -68,10 +65,7 @@ static BATCH_LAG_SEEN: AtomicBool = AtomicBool::new(false);
 #[test]
 fn in_order_or_exact_lag_batched() {
     check("in_order_or_exact_lag_batched", || {
-        let publisher = ring::<Payload>(RingConfig {
-            capacity: 2,
-            startup_capacity: 0,
-        });
+        let publisher = live_ring(2);
         let log = DropLog::new(EVENTS as usize);
         let mut sub = publisher.subscribe();
         let reader = thread::spawn(move || {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use herald_loom_tests::{Payload, RingConfig, Seen, Step, Transcript, check, ring};
+use herald_loom_tests::{Payload, Seen, Step, Transcript, check, live_ring};
 use loom::thread;
 
 /// Label of producer `p`'s `n`-th value.
@@ -20,10 +20,7 @@ static MISSED_SEEN: AtomicBool = AtomicBool::new(false);
 #[test]
 fn two_producers_across_wrap() {
     check("two_producers_across_wrap", || {
-        let publisher = ring::<Payload>(RingConfig {
-            capacity: 2,
-            startup_capacity: 0,
-        });
+        let publisher = live_ring(2);
         let mut sub = publisher.subscribe();
         let second = publisher.clone();
         // Producer 1 publishes two values, producer 0 (this thread) one: three values in

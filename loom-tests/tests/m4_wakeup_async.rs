@@ -3,7 +3,7 @@
 //! reports a deadlock if, in any interleaving, it stays parked.
 #![cfg(herald_loom)]
 
-use herald_loom_tests::{Payload, RingConfig, Step, Transcript, check, ring};
+use herald_loom_tests::{Payload, Step, Transcript, check, live_ring};
 use loom::future::block_on;
 use loom::thread;
 
@@ -12,10 +12,7 @@ const LABEL: u64 = 100;
 #[test]
 fn async_recv_is_woken() {
     check("async_recv_is_woken", || {
-        let publisher = ring::<Payload>(RingConfig {
-            capacity: 2,
-            startup_capacity: 0,
-        });
+        let publisher = live_ring(2);
         let mut sub = publisher.subscribe();
         let reader = thread::spawn(move || {
             let mut t = Transcript::default();
@@ -33,10 +30,7 @@ fn async_recv_is_woken() {
 #[test]
 fn ready_is_woken_and_lends_the_value() {
     check("ready_is_woken_and_lends_the_value", || {
-        let publisher = ring::<Payload>(RingConfig {
-            capacity: 2,
-            startup_capacity: 0,
-        });
+        let publisher = live_ring(2);
         let mut sub = publisher.subscribe();
         let reader = thread::spawn(move || {
             block_on(sub.ready());
@@ -56,10 +50,7 @@ fn ready_is_woken_and_lends_the_value() {
 #[test]
 fn recv_with_is_woken() {
     check("recv_with_is_woken", || {
-        let publisher = ring::<Payload>(RingConfig {
-            capacity: 2,
-            startup_capacity: 0,
-        });
+        let publisher = live_ring(2);
         let mut sub = publisher.subscribe();
         let reader = thread::spawn(move || block_on(sub.recv_with(|e| (e.seq(), e.read()))));
         assert_eq!(publisher.publish(Payload::new(LABEL)), 0);
@@ -79,10 +70,7 @@ fn sweep_by_a_dropped_subscriber_loses_no_wakeup() {
     use std::task::{Context, Waker};
 
     check("sweep_by_a_dropped_subscriber_loses_no_wakeup", || {
-        let publisher = ring::<Payload>(RingConfig {
-            capacity: 2,
-            startup_capacity: 0,
-        });
+        let publisher = live_ring(2);
         let mut sub = publisher.subscribe();
         let mut gone = publisher.subscribe();
         {

@@ -3,7 +3,7 @@
 //! loom reports a deadlock if, in any interleaving, it stays parked.
 #![cfg(herald_loom)]
 
-use herald_loom_tests::{Payload, RingConfig, Step, Transcript, check, ring};
+use herald_loom_tests::{Payload, Step, Transcript, check, live_ring};
 use loom::thread;
 
 const LABEL: u64 = 100;
@@ -11,10 +11,7 @@ const LABEL: u64 = 100;
 #[test]
 fn blocking_recv_is_woken_twice() {
     check("blocking_recv_is_woken_twice", || {
-        let publisher = ring::<Payload>(RingConfig {
-            capacity: 2,
-            startup_capacity: 0,
-        });
+        let publisher = live_ring(2);
         let mut sub = publisher.subscribe();
         let reader = thread::spawn(move || {
             let mut t = Transcript::default();

@@ -3,17 +3,14 @@
 //! then `Closed`, and is never left parked.
 #![cfg(herald_loom)]
 
-use herald_loom_tests::{Payload, RingConfig, Step, Transcript, check, ring};
+use herald_loom_tests::{Payload, Step, Transcript, check, live_ring};
 use loom::future::block_on;
 use loom::thread;
 
 #[test]
 fn last_publisher_drop_closes_after_drain() {
     check("last_publisher_drop_closes_after_drain", || {
-        let publisher = ring::<Payload>(RingConfig {
-            capacity: 2,
-            startup_capacity: 0,
-        });
+        let publisher = live_ring(2);
         let mut sub = publisher.subscribe();
         let reader = thread::spawn(move || {
             let mut t = Transcript::default();

@@ -8,7 +8,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use herald_loom_tests::{DropLog, Payload, RingConfig, Step, Transcript, check, ring};
+use herald_loom_tests::{DropLog, Payload, Step, Transcript, check, live_ring};
 use loom::thread;
 
 const EVENTS: u64 = 3;
@@ -23,10 +23,7 @@ fn overwritten_entry_is_neither_freed_early_nor_leaked() {
         "overwritten_entry_is_neither_freed_early_nor_leaked",
         || {
             let log = DropLog::new(EVENTS as usize + 1);
-            let publisher = ring::<Payload>(RingConfig {
-                capacity: 2,
-                startup_capacity: 0,
-            });
+            let publisher = live_ring(2);
             let mut sub = publisher.subscribe();
             let tap = publisher.tap();
             let reader = {

@@ -10,7 +10,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use herald_loom_tests::{DropLog, Payload, RingConfig, Step, Transcript, check, ring};
+use herald_loom_tests::{DropLog, Payload, Step, Transcript, check, live_ring};
 use loom::sync::Arc;
 use loom::thread;
 
@@ -24,10 +24,7 @@ static REUSED_WHILE_READING: AtomicBool = AtomicBool::new(false);
 fn a_reused_entry_is_one_nobody_reads() {
     check("a_reused_entry_is_one_nobody_reads", || {
         let log = DropLog::new(EVENTS as usize);
-        let publisher = ring::<Payload>(RingConfig {
-            capacity: 2,
-            startup_capacity: 0,
-        });
+        let publisher = live_ring(2);
         let mut sub = publisher.subscribe();
         let reading = Arc::new(loom::sync::atomic::AtomicBool::new(true));
         let reader = {

@@ -18,7 +18,7 @@
 use std::sync::Mutex;
 
 use herald_core::ring::TryRecvError;
-use herald_loom_tests::{Payload, RingConfig, Transcript, check, ring};
+use herald_loom_tests::{Payload, Transcript, check, live_ring};
 use loom::future::block_on;
 use loom::thread;
 
@@ -30,10 +30,7 @@ static SKIPPED: Mutex<Vec<bool>> = Mutex::new(Vec::new());
 #[test]
 fn skip_behind_keeps_exact_accounting() {
     check("skip_behind_keeps_exact_accounting", || {
-        let publisher = ring::<Payload>(RingConfig {
-            capacity: 2,
-            startup_capacity: 0,
-        });
+        let publisher = live_ring(2);
         let mut sub = publisher.subscribe();
         let reader = thread::spawn(move || {
             let mut t = Transcript::default();
