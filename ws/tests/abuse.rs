@@ -1024,9 +1024,7 @@ async fn handshake_flood_is_dropped_after_the_timeout_while_a_client_streams() {
     client.expect_started().await;
     client.expect_events(&startup_events()).await;
     let live: Vec<_> = (0..100).map(live_event).collect();
-    for e in &live {
-        server.bus.publish(e.clone());
-    }
+    server.publish_all(&live);
     client.expect_events(&live).await;
     let health = http(server.addr, "GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").await;
     assert_eq!((health.status, health.body.as_str()), (200, "ok"));

@@ -185,9 +185,7 @@ async fn healthz_and_metrics() {
     client.expect_started().await;
     client.expect_events(&startup_events()).await;
     let live: Vec<_> = (0..5).map(live_event).collect();
-    for e in &live {
-        server.bus.publish(e.clone());
-    }
+    server.publish_all(&live);
     client.expect_events(&live).await;
 
     // Counters are updated once a batch is fully written, just after the client has it.

@@ -55,9 +55,7 @@ async fn replay_and_live_meet_without_overlap_before_the_seal() {
     server.bus.publish(startup[2].clone());
     assert_eq!(server.bus.seal_startup(), 3);
     let live: Vec<Event> = (0..20).map(live_event).collect();
-    for e in &live {
-        server.bus.publish(e.clone());
-    }
+    server.publish_all(&live);
     client.expect_started().await;
     client.expect_events(&startup).await;
     client.expect_events(&live).await;
@@ -79,9 +77,7 @@ async fn events_filter_applies_to_replay_and_live() {
     )
     .await;
     let live: Vec<Event> = (0..30).map(live_event).collect();
-    for e in &live {
-        server.bus.publish(e.clone());
-    }
+    server.publish_all(&live);
     client.expect_started().await;
     let mut expected = vec![startup_events()[2].clone()];
     expected.extend(
@@ -136,9 +132,7 @@ async fn from_resumes_with_no_gap_and_no_duplicate() {
         .collect();
     // A first client reads up to seq 7, then goes away.
     let mut first = Client::connect(server.addr, "/ws/events?seq=true").await;
-    for e in &all[3..13] {
-        server.bus.publish(e.clone());
-    }
+    server.publish_all(&all[3..13]);
     first.expect_started().await;
     let mut last_seen = None;
     for _ in 0..8 {
@@ -148,15 +142,11 @@ async fn from_resumes_with_no_gap_and_no_duplicate() {
     }
     assert_eq!(last_seen, Some(7));
     drop(first);
-    for e in &all[13..18] {
-        server.bus.publish(e.clone());
-    }
+    server.publish_all(&all[13..18]);
 
     // It resumes from 8: startup events are past, retained live events from 8, then live.
     let mut resumed = Client::connect(server.addr, "/ws/events?from=8&seq=true").await;
-    for e in &all[18..] {
-        server.bus.publish(e.clone());
-    }
+    server.publish_all(&all[18..]);
     resumed.expect_started().await;
     for (seq, e) in all.iter().enumerate().skip(8) {
         let (_, text) = resumed.message().await;
@@ -206,9 +196,7 @@ async fn from_older_than_retained_gets_one_lagged_notice_first() {
     // 8 live slots: after 50 live events only seqs 45..53 are retained.
     let server = TestServer::start(node(8), ServerConfig::default()).await;
     let live: Vec<Event> = (0..50).map(live_event).collect();
-    for e in &live {
-        server.bus.publish(e.clone());
-    }
+    server.publish_all(&live);
     let mut client = Client::connect(server.addr, "/ws/events?from=1").await;
     client.expect_started().await;
     // Startup events 1 and 2 are kept for ever; 3..45 are gone.
@@ -234,9 +222,7 @@ async fn on_lag_close_still_reports_an_old_from_point_with_a_notice() {
     };
     let server = TestServer::start(node(8), config).await;
     let live: Vec<Event> = (0..50).map(live_event).collect();
-    for e in &live {
-        server.bus.publish(e.clone());
-    }
+    server.publish_all(&live);
     let mut client = Client::connect(server.addr, "/ws/events?from=3").await;
     client.expect_started().await;
     let (message, _) = client.message().await;
@@ -542,9 +528,7 @@ async fn max_behind_does_not_cut_short_a_from_client_catching_up() {
         };
         let server = TestServer::start(node(1024), config).await;
         let history: Vec<Event> = (0..500).map(live_event).collect();
-        for e in &history {
-            server.bus.publish(e.clone());
-        }
+        server.publish_all(&history);
         let mut client = Client::connect(server.addr, "/ws/events?from=0").await;
         client.expect_started().await;
         client.expect_events(&startup_events()).await;

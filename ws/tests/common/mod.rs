@@ -138,6 +138,13 @@ impl TestServer {
         }
     }
 
+    /// Publishes `events` in order on this thread.
+    pub fn publish_all(&self, events: &[Event]) {
+        for e in events {
+            self.bus.publish(e.clone());
+        }
+    }
+
     /// Signals shutdown; returns the time `serve` took to return (it must return `Ok`).
     pub async fn stop(&mut self) -> Duration {
         let started = Instant::now();
