@@ -489,22 +489,26 @@ async fn send_buffer_bounds_what_a_slow_client_gets_before_it_skips() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn max_behind_closes_a_slow_client_under_on_lag_close() {
-    // 1000 events: the 1024-slot bus never laps the client, only max_behind catches it.
-    let (server, mut client) = lag_scenario_with(OnLag::Close, 1000, 1024, Some(16)).await;
-    let close = loop {
+/// Reads event frames until the close frame; returns the events' `seq`s (each frame must
+/// be an event) and the close's code and reason.
+async fn events_until_close(client: &mut Client) -> (Vec<Option<u64>>, (u16, String)) {
+    let mut seqs = Vec::new();
+    loop {
         let frame = client.frame().await;
         if frame.opcode == OP_CLOSE {
-            break frame.close();
+            return (seqs, frame.close());
         }
         let text = frame.text().to_owned();
-        let message = herald_core::event::decode(&mut text.into_bytes()).unwrap();
-        assert!(
-            matches!(message, ServerMessage::Event { .. }),
-            "expected an event, got {message:?}"
-        );
-    };
+        match herald_core::event::decode(&mut text.into_bytes()).unwrap() {
+            ServerMessage::Event { seq, .. } => seqs.push(seq),
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+}
+
+/// Asserts that `close` is the 1008 of a client too slow, answers it, and checks that the
+/// server dropped the connection and its subscriber and counted one lag close.
+async fn expect_too_slow_close(server: &TestServer, client: &mut Client, close: (u16, String)) {
     assert_eq!(close.0, 1008);
     assert!(
         close.1.starts_with("client too slow: missed "),
@@ -513,7 +517,16 @@ async fn max_behind_closes_a_slow_client_under_on_lag_close() {
     );
     client.send_close(1008, "").await;
     client.expect_end().await;
+    server.wait_subscribers(0).await;
     assert_eq!(server.metric("herald_ws_lag_closes_total").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_behind_closes_a_slow_client_under_on_lag_close() {
+    // 1000 events: the 1024-slot bus never laps the client, only max_behind catches it.
+    let (server, mut client) = lag_scenario_with(OnLag::Close, 1000, 1024, Some(16)).await;
+    let (_, close) = events_until_close(&mut client).await;
+    expect_too_slow_close(&server, &mut client, close).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -557,30 +570,11 @@ async fn max_behind_does_not_cut_short_a_from_client_catching_up() {
 async fn on_lag_close_closes_with_1008() {
     let (server, mut client) = lag_scenario(OnLag::Close, 2000).await;
     // Events keep their order with no gap until the close frame; no lagged notice.
-    let mut next_seq = 1u64;
-    let close = loop {
-        let frame = client.frame().await;
-        if frame.opcode == OP_CLOSE {
-            break frame.close();
-        }
-        let text = frame.text().to_owned();
-        match herald_core::event::decode(&mut text.into_bytes()).unwrap() {
-            ServerMessage::Event { seq, .. } => assert_eq!(seq, Some(next_seq)),
-            other => panic!("expected an event, got {other:?}"),
-        }
-        next_seq += 1;
-        assert!(next_seq < 2000, "the laggard was never closed");
-    };
-    assert_eq!(close.0, 1008);
-    assert!(
-        close.1.starts_with("client too slow: missed "),
-        "reason {:?}",
-        close.1
-    );
+    let (seqs, close) = events_until_close(&mut client).await;
+    let expected: Vec<Option<u64>> = (1..=seqs.len() as u64).map(Some).collect();
+    assert_eq!(seqs, expected);
+    assert!(seqs.len() < 1999, "the laggard was never closed");
     // The client answers the close; the server drops the connection and the subscriber.
-    client.send_close(1008, "").await;
-    client.expect_end().await;
-    server.wait_subscribers(0).await;
-    assert_eq!(server.metric("herald_ws_lag_closes_total").await, 1);
+    expect_too_slow_close(&server, &mut client, close).await;
     assert_eq!(server.metric("herald_ws_lagged_notices_total").await, 0);
 }
