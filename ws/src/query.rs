@@ -109,42 +109,28 @@ pub enum QueryError {
 
 impl fmt::Display for QueryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            QueryError::UnknownParameter(name) => write!(
-                f,
-                "bad query parameter `{name}`: unknown parameter; valid parameters: {PARAMETERS}"
-            ),
-            QueryError::Repeated(name) => {
-                write!(f, "bad query parameter `{name}`: given more than once; ")?;
-                write_valid(f, name)
+        // Most errors are "bad query parameter `name`: problem; " and the valid values.
+        let (name, problem) = match self {
+            QueryError::UnknownEvent(e) => {
+                return write!(f, "bad query parameter `events`: {e}");
             }
-            QueryError::UnknownEvent(e) => write!(f, "bad query parameter `events`: {e}"),
-            QueryError::EmptyEventName => {
-                f.write_str("bad query parameter `events`: empty event type name; valid types: ")?;
-                write_kinds(f)
-            }
-            QueryError::BadSeq(v) => write!(
-                f,
-                "bad query parameter `seq`: `{v}`; valid values: true, false"
-            ),
-            QueryError::BadFrom(v) => {
-                write!(f, "bad query parameter `from`: `{v}`; ")?;
-                write_valid(f, "from")
-            }
-            QueryError::BadEncoding(name) => {
-                write!(
+            QueryError::FromAhead { from, next } => {
+                return write!(
                     f,
-                    "bad query parameter `{name}`: malformed percent-encoding; "
-                )?;
-                write_valid(f, name)
+                    "bad query parameter `from`: {from} is past the newest event; valid \
+                     values: 0 to {next} (the next sequence number; a node that restarted \
+                     numbers its events from 0 again)"
+                );
             }
-            QueryError::FromAhead { from, next } => write!(
-                f,
-                "bad query parameter `from`: {from} is past the newest event; valid values: \
-                 0 to {next} (the next sequence number; a node that restarted numbers its \
-                 events from 0 again)"
-            ),
-        }
+            QueryError::UnknownParameter(name) => (name.as_str(), "unknown parameter".into()),
+            QueryError::Repeated(name) => (*name, "given more than once".into()),
+            QueryError::EmptyEventName => ("events", "empty event type name".into()),
+            QueryError::BadSeq(v) => ("seq", format!("`{v}`")),
+            QueryError::BadFrom(v) => ("from", format!("`{v}`")),
+            QueryError::BadEncoding(name) => (name.as_str(), "malformed percent-encoding".into()),
+        };
+        write!(f, "bad query parameter `{name}`: {problem}; ")?;
+        write_valid(f, name)
     }
 }
 
