@@ -146,10 +146,10 @@ fn events<B>(shared: &Arc<Shared>, mut request: Request<B>) -> Answer {
     // A `from=` past the next sequence number asks for events not published yet: most
     // likely a client resuming against a node that restarted. Waiting for them would skip
     // everything up to there silently.
+    let next = subscriber.join_point();
     if let Some(from) = extensions.from
-        && from > subscriber.join_point()
+        && from > next
     {
-        let next = subscriber.join_point();
         return text(
             StatusCode::BAD_REQUEST,
             format!("{}\n", query::QueryError::FromAhead { from, next }),
